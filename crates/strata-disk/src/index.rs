@@ -1,0 +1,237 @@
+//! The rocksdb index: chunk locations and checksums, last-writer-wins records, and the disk's
+//! format metadata. Every stored value starts with a format version byte.
+
+use crate::buf::{blocks_for, BLOCK};
+use crate::{DiskError, Record, Result};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+use std::path::Path;
+
+pub(crate) const CF_CHUNKS: &str = "chunks";
+pub(crate) const CF_RECORDS: &str = "records";
+pub(crate) const CF_META: &str = "meta";
+
+/// Key of the format entry in the meta column family.
+pub(crate) const META_FORMAT: &[u8] = b"format";
+
+const CHUNK_V1: u8 = 1;
+const RECORD_V1: u8 = 1;
+const FORMAT_V1: u8 = 1;
+
+const TAG_TOMBSTONE: u8 = 0;
+const TAG_VALUE: u8 = 1;
+
+pub(crate) fn open_db(path: &Path) -> Result<DB> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_keep_log_file_num(4);
+    let cfs = [CF_CHUNKS, CF_RECORDS, CF_META]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    DB::open_cf_descriptors(&opts, path, cfs).map_err(index_err)
+}
+
+pub(crate) fn index_err(e: rocksdb::Error) -> DiskError {
+    DiskError::Index(e.into_string())
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
+    db.cf_handle(name)
+        .ok_or_else(|| DiskError::Index(format!("column family {name} is missing")))
+}
+
+/// Where a chunk lives and how to check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChunkEntry {
+    /// Byte offset in the data file; a multiple of [`BLOCK`]. 0 for an empty chunk.
+    pub offset: u64,
+    pub len: u32,
+    pub blake3: [u8; 32],
+    /// crc32c of each 4 KiB block of the chunk (the last one covers only the chunk's bytes).
+    pub crcs: Vec<u32>,
+}
+
+const CHUNK_HEADER: usize = 1 + 8 + 4 + 32;
+
+impl ChunkEntry {
+    pub(crate) fn for_data(offset: u64, data: &[u8]) -> Self {
+        ChunkEntry {
+            offset,
+            len: data.len() as u32,
+            blake3: *blake3::hash(data).as_bytes(),
+            crcs: data.chunks(BLOCK).map(crc32c::crc32c).collect(),
+        }
+    }
+
+    pub(crate) fn blocks(&self) -> u64 {
+        blocks_for(self.len as usize) as u64
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(CHUNK_HEADER + 4 * self.crcs.len());
+        v.push(CHUNK_V1);
+        v.extend_from_slice(&self.offset.to_be_bytes());
+        v.extend_from_slice(&self.len.to_be_bytes());
+        v.extend_from_slice(&self.blake3);
+        for c in &self.crcs {
+            v.extend_from_slice(&c.to_be_bytes());
+        }
+        v
+    }
+
+    /// Decodes and checks an entry; `None` if it is not a well-formed version-1 entry.
+    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < CHUNK_HEADER || b[0] != CHUNK_V1 {
+            return None;
+        }
+        let offset = u64::from_be_bytes(b[1..9].try_into().ok()?);
+        let len = u32::from_be_bytes(b[9..13].try_into().ok()?);
+        let blake3: [u8; 32] = b[13..45].try_into().ok()?;
+        let rest = &b[CHUNK_HEADER..];
+        if len as usize > strata_types::CHUNK_SIZE_BYTES_MAX
+            || offset % BLOCK as u64 != 0
+            || rest.len() != 4 * blocks_for(len as usize)
+        {
+            return None;
+        }
+        let crcs = rest
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Some(ChunkEntry { offset, len, blake3, crcs })
+    }
+}
+
+pub(crate) fn encode_record(rec: &Record) -> Vec<u8> {
+    let mut v = Vec::with_capacity(10 + rec.value.as_ref().map_or(0, Vec::len));
+    v.push(RECORD_V1);
+    v.extend_from_slice(&rec.timestamp.to_be_bytes());
+    match &rec.value {
+        None => v.push(TAG_TOMBSTONE),
+        Some(val) => {
+            v.push(TAG_VALUE);
+            v.extend_from_slice(val);
+        }
+    }
+    v
+}
+
+pub(crate) fn decode_record(b: &[u8]) -> Option<Record> {
+    if b.len() < 10 || b[0] != RECORD_V1 {
+        return None;
+    }
+    let timestamp = u64::from_be_bytes(b[1..9].try_into().ok()?);
+    let value = match b[9] {
+        TAG_TOMBSTONE if b.len() == 10 => None,
+        TAG_VALUE => Some(b[10..].to_vec()),
+        _ => return None,
+    };
+    Some(Record { timestamp, value })
+}
+
+pub(crate) fn corrupt_record(key: &[u8]) -> DiskError {
+    DiskError::Index(format!("record {:?} has an undecodable value", String::from_utf8_lossy(key)))
+}
+
+/// The disk's identity as recorded in the index; must match the data file's superblock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Format {
+    pub instance: [u8; 16],
+    pub blocks: u64,
+}
+
+impl Format {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = vec![FORMAT_V1];
+        v.extend_from_slice(&self.instance);
+        v.extend_from_slice(&self.blocks.to_be_bytes());
+        v
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != 25 || b[0] != FORMAT_V1 {
+            return None;
+        }
+        Some(Format {
+            instance: b[1..17].try_into().ok()?,
+            blocks: u64::from_be_bytes(b[17..25].try_into().ok()?),
+        })
+    }
+}
+
+const SUPER_MAGIC: &[u8; 16] = b"strata-disk-data";
+
+/// Block 0 of the data file: magic, format version, instance id, block count, crc32c.
+pub(crate) fn encode_superblock(f: &Format) -> Vec<u8> {
+    let mut v = SUPER_MAGIC.to_vec();
+    v.push(FORMAT_V1);
+    v.extend_from_slice(&f.instance);
+    v.extend_from_slice(&f.blocks.to_be_bytes());
+    let crc = crc32c::crc32c(&v);
+    v.extend_from_slice(&crc.to_be_bytes());
+    v
+}
+
+pub(crate) fn decode_superblock(b: &[u8]) -> Option<Format> {
+    if b.len() < 45 || &b[..16] != SUPER_MAGIC || b[16] != FORMAT_V1 {
+        return None;
+    }
+    let crc = u32::from_be_bytes(b[41..45].try_into().ok()?);
+    if crc32c::crc32c(&b[..41]) != crc {
+        return None;
+    }
+    Some(Format {
+        instance: b[17..33].try_into().ok()?,
+        blocks: u64::from_be_bytes(b[33..41].try_into().ok()?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_entry_roundtrip_and_rejects_garbage() {
+        let data = vec![5u8; 9000];
+        let e = ChunkEntry::for_data(8192, &data);
+        assert_eq!(e.crcs.len(), 3);
+        let enc = e.encode();
+        assert_eq!(ChunkEntry::decode(&enc), Some(e.clone()));
+        // Truncated, wrong version, misaligned offset, wrong crc count: all rejected.
+        assert_eq!(ChunkEntry::decode(&enc[..enc.len() - 1]), None);
+        let mut bad = enc.clone();
+        bad[0] = 9;
+        assert_eq!(ChunkEntry::decode(&bad), None);
+        let mut bad = enc.clone();
+        bad[8] = 1;
+        assert_eq!(ChunkEntry::decode(&bad), None);
+        assert_eq!(ChunkEntry::decode(&[]), None);
+        let empty = ChunkEntry::for_data(0, &[]);
+        assert_eq!(ChunkEntry::decode(&empty.encode()), Some(empty));
+    }
+
+    #[test]
+    fn record_roundtrip_and_rejects_garbage() {
+        for rec in [
+            Record { timestamp: 7, value: None },
+            Record { timestamp: u64::MAX, value: Some(vec![]) },
+            Record { timestamp: 1, value: Some(b"abc".to_vec()) },
+        ] {
+            assert_eq!(decode_record(&encode_record(&rec)), Some(rec));
+        }
+        assert_eq!(decode_record(&[1, 0, 0]), None);
+        assert_eq!(decode_record(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+        assert_eq!(decode_record(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 7]), None);
+        assert_eq!(decode_record(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+    }
+
+    #[test]
+    fn superblock_roundtrip() {
+        let f = Format { instance: [3; 16], blocks: 12345 };
+        let mut sb = encode_superblock(&f);
+        assert_eq!(decode_superblock(&sb), Some(f.clone()));
+        assert_eq!(Format::decode(&f.encode()), Some(f));
+        sb[20] ^= 1;
+        assert_eq!(decode_superblock(&sb), None);
+    }
+}

@@ -1,0 +1,416 @@
+//! Block I/O on the data file: an io_uring ring thread, or pread/pwrite on tokio's blocking
+//! pool where io_uring is unavailable. Both move whole aligned blocks only.
+
+use crate::buf::AlignedBuf;
+use io_uring::{opcode, squeue, types, IoUring};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
+
+/// Submission queue size of the ring.
+const RING_ENTRIES: u32 = 256;
+/// Operations the ring thread keeps in the kernel at once; further requests wait in the channel.
+const MAX_IN_FLIGHT: usize = 128;
+/// Requests queued for the ring thread before callers wait for room.
+const REQUEST_QUEUE: usize = 256;
+/// `user_data` of the poll on the wake-up eventfd.
+const WAKE_TAG: u64 = u64::MAX;
+
+/// Which way the engine talks to the kernel.
+pub(crate) struct IoEngine {
+    file: Arc<File>,
+    backend: Backend,
+}
+
+enum Backend {
+    Uring(RingHandle),
+    Syscall,
+}
+
+impl IoEngine {
+    /// Uses io_uring unless `force_syscall` is set or the kernel refuses a ring.
+    pub(crate) fn new(file: Arc<File>, force_syscall: bool) -> Self {
+        if force_syscall {
+            tracing::warn!("io_uring disabled by configuration; using pread/pwrite");
+            return IoEngine { file, backend: Backend::Syscall };
+        }
+        match RingHandle::start(file.clone()) {
+            Ok(ring) => IoEngine { file, backend: Backend::Uring(ring) },
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring unavailable; falling back to pread/pwrite");
+                IoEngine { file, backend: Backend::Syscall }
+            }
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        match self.backend {
+            Backend::Uring(_) => "io_uring",
+            Backend::Syscall => "pread",
+        }
+    }
+
+    /// Reads `blocks` whole blocks starting at byte `offset` (block aligned).
+    pub(crate) async fn read(&self, offset: u64, blocks: usize) -> io::Result<AlignedBuf> {
+        let buf = AlignedBuf::zeroed(blocks);
+        if buf.is_empty() {
+            return Ok(buf);
+        }
+        match &self.backend {
+            Backend::Uring(ring) => ring.call(Op::Read, offset, buf).await,
+            Backend::Syscall => {
+                let file = self.file.clone();
+                blocking(move || {
+                    let mut buf = buf;
+                    read_full_at(&file, buf.as_mut_slice(), offset)?;
+                    Ok(buf)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Writes the whole buffer at byte `offset` (block aligned).
+    pub(crate) async fn write(&self, offset: u64, buf: AlignedBuf) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Uring(ring) => ring.call(Op::Write, offset, buf).await.map(drop),
+            Backend::Syscall => {
+                let file = self.file.clone();
+                blocking(move || write_full_at(&file, buf.as_slice(), offset)).await
+            }
+        }
+    }
+
+    /// fdatasync of the data file, from a plain (non-async) thread.
+    pub(crate) fn datasync_blocking(&self) -> io::Result<()> {
+        match &self.backend {
+            Backend::Uring(ring) => ring.call_blocking(Op::Fsync, 0, AlignedBuf::zeroed(0)).map(drop),
+            Backend::Syscall => retry_intr(|| self.file.sync_data()),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(io::Error::other(format!("blocking i/o task failed: {e}"))),
+    }
+}
+
+fn retry_intr(mut f: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    loop {
+        match f() {
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {
+            }
+            r => return r,
+        }
+    }
+}
+
+/// pread until `buf` is full, retrying short reads and EINTR/EAGAIN.
+pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// pwrite all of `buf`, retrying short writes and EINTR/EAGAIN.
+pub(crate) fn write_full_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.write_at(&buf[done..], offset + done as u64) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Op {
+    Read,
+    Write,
+    Fsync,
+}
+
+struct Request {
+    op: Op,
+    offset: u64,
+    buf: AlignedBuf,
+    reply: oneshot::Sender<io::Result<AlignedBuf>>,
+}
+
+/// The caller's side of the ring thread.
+struct RingHandle {
+    tx: Option<mpsc::Sender<Request>>,
+    wake: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RingHandle {
+    fn start(file: Arc<File>) -> io::Result<Self> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let ring_wake = wake.clone();
+        let thread = std::thread::Builder::new()
+            .name("strata-disk-uring".into())
+            .spawn(move || RingThread::new(ring, file, ring_wake, rx).run())?;
+        Ok(RingHandle { tx: Some(tx), wake, thread: Some(thread) })
+    }
+
+    fn kick(&self) {
+        kick(self.wake.as_raw_fd());
+    }
+
+    async fn call(&self, op: Op, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
+        let tx = self.tx.as_ref().ok_or_else(closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Request { op, offset, buf, reply }).await.map_err(|_| closed())?;
+        self.kick();
+        rx.await.map_err(|_| closed())?
+    }
+
+    fn call_blocking(&self, op: Op, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
+        let tx = self.tx.as_ref().ok_or_else(closed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.blocking_send(Request { op, offset, buf, reply }).map_err(|_| closed())?;
+        self.kick();
+        rx.blocking_recv().map_err(|_| closed())?
+    }
+}
+
+impl Drop for RingHandle {
+    fn drop(&mut self) {
+        // Closing the channel and waking the thread makes it finish what is in flight and exit.
+        self.tx.take();
+        self.kick();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("io_uring thread panicked");
+            }
+        }
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "i/o thread has stopped")
+}
+
+fn kick(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live local to an eventfd we own; a failure (counter
+    // saturated) still leaves the eventfd readable, which is all the wake-up needs.
+    let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+}
+
+/// One operation the kernel owns. Its buffer stays here until the completion arrives.
+struct InFlight {
+    op: Op,
+    offset: u64,
+    buf: AlignedBuf,
+    done: usize,
+    reply: oneshot::Sender<io::Result<AlignedBuf>>,
+}
+
+struct RingThread {
+    ring: IoUring,
+    file: Arc<File>,
+    wake: Arc<OwnedFd>,
+    rx: mpsc::Receiver<Request>,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    in_flight: usize,
+    wake_armed: bool,
+    cqes: Vec<(u64, i32)>,
+}
+
+impl RingThread {
+    fn new(ring: IoUring, file: Arc<File>, wake: Arc<OwnedFd>, rx: mpsc::Receiver<Request>) -> Self {
+        RingThread {
+            ring,
+            file,
+            wake,
+            rx,
+            slots: (0..MAX_IN_FLIGHT).map(|_| None).collect(),
+            free: (0..MAX_IN_FLIGHT).rev().collect(),
+            in_flight: 0,
+            wake_armed: false,
+            cqes: Vec::with_capacity(RING_ENTRIES as usize * 2),
+        }
+    }
+
+    fn run(mut self) {
+        let mut closed = false;
+        loop {
+            while !closed && self.in_flight < MAX_IN_FLIGHT {
+                match self.rx.try_recv() {
+                    Ok(req) => self.start(req),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+                }
+            }
+            if closed && self.in_flight == 0 {
+                return;
+            }
+            if !closed && !self.wake_armed && self.in_flight < MAX_IN_FLIGHT {
+                let e = opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
+                    .build()
+                    .user_data(WAKE_TAG);
+                self.push(e);
+                self.wake_armed = true;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR) | Some(libc::EBUSY) => {}
+                    Some(libc::EAGAIN) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                    _ => {
+                        tracing::error!(error = %e, "io_uring submit failed; retrying");
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                },
+            }
+            self.reap();
+        }
+    }
+
+    fn start(&mut self, req: Request) {
+        let Some(slot) = self.free.pop() else {
+            // Cannot happen: requests are only taken while a slot is free.
+            let _ = req.reply.send(Err(io::Error::other("io_uring slots exhausted")));
+            return;
+        };
+        self.slots[slot] = Some(InFlight {
+            op: req.op,
+            offset: req.offset,
+            buf: req.buf,
+            done: 0,
+            reply: req.reply,
+        });
+        self.in_flight += 1;
+        self.submit_slot(slot);
+    }
+
+    fn submit_slot(&mut self, slot: usize) {
+        let fd = types::Fd(self.file.as_raw_fd());
+        let Some(f) = self.slots[slot].as_mut() else { return };
+        let remaining = (f.buf.len() - f.done) as u32;
+        let at = f.offset + f.done as u64;
+        let entry = match f.op {
+            Op::Read => {
+                // SAFETY: `done < len`, so the pointer stays inside the buffer.
+                let ptr = unsafe { f.buf.as_mut_ptr().add(f.done) };
+                opcode::Read::new(fd, ptr, remaining).offset(at).build()
+            }
+            Op::Write => {
+                // SAFETY: as above.
+                let ptr = unsafe { f.buf.as_ptr().add(f.done) };
+                opcode::Write::new(fd, ptr, remaining).offset(at).build()
+            }
+            Op::Fsync => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+        };
+        self.push(entry.user_data(slot as u64));
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: the buffer an entry points at is owned by its `InFlight` slot, which is
+            // only released after the kernel posts the entry's completion; the data file and the
+            // eventfd outlive the ring (both are held by this thread until it returns, and the
+            // ring is dropped before them only after all buffer-carrying ops completed).
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return;
+            }
+            // The queue is sized so this does not happen; make room by submitting if it does.
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(error = %e, "io_uring submit while queue full failed");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(user_data, res) in &cqes {
+            if user_data == WAKE_TAG {
+                self.wake_armed = false;
+                let mut n: u64 = 0;
+                // SAFETY: reads 8 bytes into a live local from our non-blocking eventfd.
+                let _ = unsafe {
+                    libc::read(self.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8)
+                };
+                continue;
+            }
+            self.complete(user_data as usize, res);
+        }
+        self.cqes = cqes;
+    }
+
+    fn complete(&mut self, slot: usize, res: i32) {
+        let Some(f) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            tracing::error!(slot, "io_uring completion for an unknown slot");
+            return;
+        };
+        let outcome = if res < 0 {
+            let errno = -res;
+            if errno == libc::EINTR || errno == libc::EAGAIN {
+                self.submit_slot(slot);
+                return;
+            }
+            Some(Err(io::Error::from_raw_os_error(errno)))
+        } else if f.op == Op::Fsync {
+            None
+        } else if res == 0 {
+            Some(Err(match f.op {
+                Op::Read => io::Error::from(io::ErrorKind::UnexpectedEof),
+                _ => io::Error::from(io::ErrorKind::WriteZero),
+            }))
+        } else {
+            f.done += res as usize;
+            if f.done < f.buf.len() {
+                // Short read or write: go on with the rest.
+                self.submit_slot(slot);
+                return;
+            }
+            None
+        };
+        if let Some(f) = self.slots[slot].take() {
+            self.free.push(slot);
+            self.in_flight -= 1;
+            let _ = f.reply.send(match outcome {
+                Some(Err(e)) => Err(e),
+                _ => Ok(f.buf),
+            });
+        }
+    }
+}

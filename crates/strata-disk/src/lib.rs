@@ -1,0 +1,77 @@
+//! One node's chunk store on one disk: a preallocated data file (or raw block
+//! device) written and read with io_uring and O_DIRECT, a block allocator, and a
+//! rocksdb index that also holds the node's last-writer-wins records.
+//!
+//! Owns durability on one disk. It must not know about replication, placement,
+//! objects or volumes: callers hand it chunk ids, bytes and record keys.
+//!
+//! Durability rules:
+//! - a chunk's data is written with O_DIRECT and fdatasync'd before its index entry is written
+//!   (rocksdb `WriteBatch` with `sync = true`), and only then acknowledged, so the index never
+//!   points at data that is not durable;
+//! - blocks of a deleted or overwritten chunk are reused only after the index change that
+//!   released them is durable;
+//! - concurrent writers share syncs: a single committer makes every waiting write durable with
+//!   one fdatasync and one index `WriteBatch` (group commit);
+//! - every chunk read is verified (crc32c per 4 KiB block and blake3 of the whole chunk).
+
+mod alloc;
+mod buf;
+mod commit;
+mod disk;
+mod index;
+mod io;
+
+pub use disk::{CommitStats, Disk};
+
+use std::path::PathBuf;
+use strata_types::ChunkId;
+
+/// Errors of the disk engine.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("io error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("rocksdb: {0}")]
+    Index(String),
+    #[error("chunk {chunk:?} is corrupt: {what}")]
+    Corrupt { chunk: ChunkId, what: &'static str },
+    #[error("chunk of {len} bytes is larger than the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("disk is full: {needed_bytes} bytes needed")]
+    Full { needed_bytes: u64 },
+    #[error("disk engine is shut down")]
+    Closed,
+}
+
+pub type Result<T> = std::result::Result<T, DiskError>;
+
+/// A last-writer-wins record. `value == None` is a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub timestamp: u64,
+    pub value: Option<Vec<u8>>,
+}
+
+/// How a disk is configured.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    /// Directory for the index (`<dir>/index`) and, unless `device` is set, the
+    /// data file (`<dir>/chunks.dat`).
+    pub dir: PathBuf,
+    /// A raw block device to use instead of `<dir>/chunks.dat`.
+    pub device: Option<PathBuf>,
+    /// Size of the data file to preallocate (ignored for a device).
+    pub capacity_bytes: u64,
+    /// Refuse io_uring even where the kernel offers it (tests of the fallback).
+    pub force_syscall_io: bool,
+}
+
+/// Usage figures of one disk.
+#[derive(Debug, Clone, Default)]
+pub struct DiskUsage {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub chunks: u64,
+    pub io_backend: &'static str,
+}

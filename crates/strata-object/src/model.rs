@@ -1,0 +1,71 @@
+//! Records of the object model and their encodings. Records that live in the
+//! data plane are bincode with a leading version byte; those in the meta group
+//! are JSON (small, and readable in `strata admin` dumps).
+
+use crate::{ObjectError, Result};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeMap;
+use strata_types::{ChunkId, Timestamp};
+
+const BIN_FORMAT_V1: u8 = 1;
+
+/// Account metadata (`X-Account-Meta-*`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AccountInfo {
+    pub meta: BTreeMap<String, String>,
+}
+
+/// A container record in the meta group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub created: Timestamp,
+    /// `X-Container-Meta-*` and the container's other stored headers.
+    pub meta: BTreeMap<String, String>,
+}
+
+/// An object record: what GET and HEAD answer, and where its bytes are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub size: u64,
+    pub etag: String,
+    pub content_type: String,
+    pub timestamp: Timestamp,
+    pub meta: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
+    /// Chunk ids and lengths, in body order.
+    pub chunks: Vec<(ChunkId, u64)>,
+}
+
+/// A container listing row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListingEntry {
+    pub size: u64,
+    pub etag: String,
+    pub content_type: String,
+    pub timestamp: Timestamp,
+}
+
+pub(crate) fn encode_bin<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![BIN_FORMAT_V1];
+    // Serialising plain structs into a Vec cannot fail.
+    out.extend(bincode::serialize(v).unwrap_or_default());
+    out
+}
+
+pub(crate) fn decode_bin<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    match b.split_first() {
+        Some((&BIN_FORMAT_V1, rest)) => {
+            bincode::deserialize(rest).map_err(|e| ObjectError::Codec(e.to_string()))
+        }
+        Some((v, _)) => Err(ObjectError::Codec(format!("unknown record format {v}"))),
+        None => Err(ObjectError::Codec("empty record".into())),
+    }
+}
+
+pub(crate) fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub(crate) fn decode_json<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| ObjectError::Codec(e.to_string()))
+}

@@ -1,0 +1,248 @@
+//! Swift response helpers: its HTML-ish fault bodies, header writers, dates,
+//! ranges and `/info`.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use std::collections::BTreeMap;
+use strata_types::Timestamp;
+
+/// The faults Swift answers with a canned body.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    Conflict,
+    LengthRequired,
+    TooLarge,
+    UnprocessableEntity,
+    Internal,
+    ServiceUnavailable,
+}
+
+pub fn fault(f: Fault) -> Response {
+    let (status, title, text) = match f {
+        Fault::Unauthorized => (
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "This server could not verify that you are authorized to access the document you requested.",
+        ),
+        Fault::Forbidden => (StatusCode::FORBIDDEN, "Forbidden", "Access was denied to this resource."),
+        Fault::NotFound => (StatusCode::NOT_FOUND, "Not Found", "The resource could not be found."),
+        Fault::MethodNotAllowed => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method Not Allowed",
+            "The method is not allowed for this resource.",
+        ),
+        Fault::Conflict => (
+            StatusCode::CONFLICT,
+            "Conflict",
+            "There was a conflict when trying to complete your request.",
+        ),
+        Fault::LengthRequired => (
+            StatusCode::LENGTH_REQUIRED,
+            "Length Required",
+            "Length Required",
+        ),
+        Fault::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request Entity Too Large",
+            "The body of your request was too large for this server.",
+        ),
+        Fault::UnprocessableEntity => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Unprocessable Entity",
+            "Unable to process the contained instructions",
+        ),
+        Fault::Internal => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal Error",
+            "The server has either erred or is incapable of performing the requested operation.",
+        ),
+        Fault::ServiceUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Service Unavailable",
+            "The server is currently unavailable. Please try again at a later time.",
+        ),
+    };
+    let body = format!("<html><h1>{title}</h1><p>{text}</p></html>");
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=UTF-8"));
+    with_body(status, h, Body::from(body))
+}
+
+pub fn text(status: StatusCode, msg: &str) -> Response {
+    text_with(status, msg, HeaderMap::new())
+}
+
+pub fn text_with(status: StatusCode, msg: &str, mut h: HeaderMap) -> Response {
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+    with_body(status, h, Body::from(msg.to_string()))
+}
+
+/// A response without a body (Content-Length 0 unless already set).
+pub fn empty(status: StatusCode, mut h: HeaderMap) -> Response {
+    if !h.contains_key(header::CONTENT_LENGTH) {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+    if !h.contains_key(header::CONTENT_TYPE) {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=UTF-8"));
+    }
+    with_body(status, h, Body::empty())
+}
+
+pub fn with_body(status: StatusCode, h: HeaderMap, body: Body) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = h;
+    let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+    if let Ok(v) = HeaderValue::from_str(&now) {
+        resp.headers_mut().insert(header::DATE, v);
+    }
+    resp
+}
+
+pub fn put_str(h: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        h.insert(n, v);
+    }
+}
+
+pub fn put_num(h: &mut HeaderMap, name: &str, value: u64) {
+    put_str(h, name, &value.to_string());
+}
+
+pub fn put_meta(h: &mut HeaderMap, prefix: &str, meta: &BTreeMap<String, String>) {
+    for (k, v) in meta {
+        put_str(h, &format!("{prefix}{k}"), v);
+    }
+}
+
+/// RFC 7231 date of a timestamp, rounded up to the second as Swift does.
+pub fn http_date(ts: Timestamp) -> String {
+    let secs = ts.as_micros().div_ceil(1_000_000);
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// A listing's `last_modified`: ISO 8601 with microseconds, no zone.
+pub fn iso_date(ts: Timestamp) -> String {
+    let secs = ts.as_secs() as i64;
+    let micros = ts.as_micros() % 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            micros
+        ),
+        Err(_) => "1970-01-01T00:00:00.000000".into(),
+    }
+}
+
+/// What a `Range` header asks of an object of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeOutcome {
+    /// Malformed or multi-range: serve the whole object (as Swift does for junk).
+    Ignore,
+    Unsatisfiable,
+    /// Bytes `[start, end)`.
+    Range(u64, u64),
+}
+
+pub fn parse_single_range(header: &str, size: u64) -> RangeOutcome {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else { return RangeOutcome::Ignore };
+    if spec.contains(',') {
+        return RangeOutcome::Ignore;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else { return RangeOutcome::Ignore };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => RangeOutcome::Ignore,
+        (true, false) => match b.parse::<u64>() {
+            Ok(0) => RangeOutcome::Unsatisfiable,
+            Ok(_) if size == 0 => RangeOutcome::Unsatisfiable,
+            Ok(n) => RangeOutcome::Range(size.saturating_sub(n), size),
+            Err(_) => RangeOutcome::Ignore,
+        },
+        (false, _) => {
+            let Ok(start) = a.parse::<u64>() else { return RangeOutcome::Ignore };
+            let end = if b.is_empty() {
+                size
+            } else {
+                match b.parse::<u64>() {
+                    Ok(e) if e >= start => (e + 1).min(size),
+                    _ => return RangeOutcome::Ignore,
+                }
+            };
+            if start >= size {
+                RangeOutcome::Unsatisfiable
+            } else {
+                RangeOutcome::Range(start, end)
+            }
+        }
+    }
+}
+
+/// `/info`: exactly what this gateway implements.
+pub fn info(method: &Method) -> Response {
+    let doc = serde_json::json!({
+        "swift": {
+            "version": "2.38.3",
+            "max_file_size": crate::OBJECT_BYTES_MAX,
+            "max_meta_name_length": crate::META_NAME_BYTES_MAX,
+            "max_meta_value_length": crate::META_VALUE_BYTES_MAX,
+            "max_meta_count": crate::META_COUNT_MAX,
+            "max_meta_overall_size": crate::META_OVERALL_BYTES_MAX,
+            "max_header_size": 8192,
+            "max_object_name_length": crate::endpoint::OBJECT_NAME_BYTES_MAX,
+            "max_container_name_length": crate::endpoint::CONTAINER_NAME_BYTES_MAX,
+            "max_account_name_length": crate::endpoint::ACCOUNT_NAME_BYTES_MAX,
+            "container_listing_limit": crate::LISTING_LIMIT_MAX,
+            "account_listing_limit": crate::LISTING_LIMIT_MAX,
+            "extra_header_count": 0,
+            "strict_cors_mode": true,
+            "account_autocreate": true,
+            "allow_account_management": false,
+            "policies": [{"name": "Policy-0", "aliases": "Policy-0", "default": true}],
+        },
+        "tempauth": {"account_acls": true},
+    });
+    let body = doc.to_string();
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    put_num(&mut h, "content-length", body.len() as u64);
+    let body = if *method == Method::HEAD { Body::empty() } else { Body::from(body) };
+    with_body(StatusCode::OK, h, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_ranges_follow_rfc_7233() {
+        use RangeOutcome::*;
+        assert_eq!(parse_single_range("bytes=0-9", 100), Range(0, 10));
+        assert_eq!(parse_single_range("bytes=90-", 100), Range(90, 100));
+        assert_eq!(parse_single_range("bytes=-10", 100), Range(90, 100));
+        assert_eq!(parse_single_range("bytes=-200", 100), Range(0, 100));
+        assert_eq!(parse_single_range("bytes=50-500", 100), Range(50, 100));
+        assert_eq!(parse_single_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_single_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_single_range("bytes=9-1", 100), Ignore);
+        assert_eq!(parse_single_range("items=0-1", 100), Ignore);
+    }
+
+    #[test]
+    fn dates_have_swift_shapes() {
+        let ts = Timestamp(1_700_000_000_123_456);
+        assert_eq!(iso_date(ts), "2023-11-14T22:13:20.123456");
+        assert_eq!(http_date(ts), "Tue, 14 Nov 2023 22:13:21 GMT");
+    }
+}

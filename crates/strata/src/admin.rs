@@ -1,0 +1,150 @@
+//! `strata admin`: the Admin rpc service every node answers, and its client.
+
+use crate::node::{NodeRecord, NODES_TABLE};
+use std::sync::Arc;
+use std::time::Duration;
+use strata_data::DataPlane;
+use strata_meta::{Meta, MetaStore};
+use strata_proto::v1 as pb;
+use strata_proto::v1::admin_server::{Admin, AdminServer};
+use tonic::{Request, Response, Status};
+
+pub struct AdminService {
+    meta: Arc<Meta>,
+    data: Arc<DataPlane>,
+}
+
+impl AdminService {
+    pub fn server(meta: Arc<Meta>, data: Arc<DataPlane>) -> AdminServer<AdminService> {
+        AdminServer::new(AdminService { meta, data })
+    }
+
+    async fn status_json(&self) -> serde_json::Value {
+        let meta_status = self.meta.status();
+        let ring = self.data.topology().map(|t| {
+            let spec = t.ring.spec();
+            serde_json::json!({
+                "version": spec.version,
+                "part_power": spec.part_power,
+                "replicas": spec.replicas,
+                "devices": spec.devices.len(),
+            })
+        });
+        let mut nodes = Vec::new();
+        let ids: Vec<u64> = match &self.data.topology() {
+            Some(t) => {
+                let mut v: Vec<u64> = t.addrs.keys().copied().collect();
+                v.sort_unstable();
+                v
+            }
+            None => vec![self.data.node_id()],
+        };
+        for id in ids {
+            let record: Option<NodeRecord> = self
+                .meta
+                .get_local(NODES_TABLE, &id.to_string())
+                .and_then(|v| serde_json::from_slice(&v).ok());
+            let status =
+                tokio::time::timeout(Duration::from_secs(2), self.data.node_status(id)).await;
+            let (up, disks, hints) = match status {
+                Ok(Ok(s)) => {
+                    let disks: Vec<serde_json::Value> = s
+                        .disks
+                        .iter()
+                        .map(|d| {
+                            serde_json::json!({
+                                "id": d.disk_id, "path": d.path, "capacity_bytes": d.capacity_bytes,
+                                "used_bytes": d.used_bytes, "chunks": d.chunks, "io_backend": d.io_backend,
+                            })
+                        })
+                        .collect();
+                    (true, disks, s.pending_hints)
+                }
+                _ => (false, Vec::new(), 0),
+            };
+            nodes.push(serde_json::json!({
+                "id": id,
+                "up": up,
+                "voter": meta_status.voters.contains(&id),
+                "record": record,
+                "disks": disks,
+                "pending_hints": hints,
+            }));
+        }
+        serde_json::json!({
+            "answered_by": self.data.node_id(),
+            "meta": meta_status,
+            "ring": ring,
+            "nodes": nodes,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let json = self.status_json().await.to_string();
+        Ok(Response::new(pb::ClusterStatusResponse { json }))
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", UNITS[i])
+}
+
+pub async fn print_status(addr: &str, raw: bool) -> anyhow::Result<()> {
+    let mut client = pb::admin_client::AdminClient::connect(format!("http://{addr}")).await?;
+    let resp = client.cluster_status(pb::ClusterStatusRequest {}).await?.into_inner();
+    let doc: serde_json::Value = serde_json::from_str(&resp.json)?;
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let m = &doc["meta"];
+    println!(
+        "meta: leader {}  term {}  last applied {}  (answered by node {})",
+        m["leader"], m["term"], m["last_applied"], doc["answered_by"]
+    );
+    let r = &doc["ring"];
+    println!(
+        "ring: version {}  partitions 2^{}  replicas {}  devices {}",
+        r["version"], r["part_power"], r["replicas"], r["devices"]
+    );
+    println!("nodes:");
+    for n in doc["nodes"].as_array().into_iter().flatten() {
+        let state = if n["up"].as_bool() == Some(true) { "up" } else { "DOWN" };
+        println!(
+            "  node {}  {}  rpc {}  zone {}  voter {}  pending hints {}",
+            n["id"],
+            state,
+            n["record"]["rpc"].as_str().unwrap_or("?"),
+            n["record"]["zone"].as_str().unwrap_or("?"),
+            n["voter"],
+            n["pending_hints"]
+        );
+        for d in n["disks"].as_array().into_iter().flatten() {
+            let used = d["used_bytes"].as_u64().unwrap_or(0);
+            let cap = d["capacity_bytes"].as_u64().unwrap_or(0);
+            println!(
+                "    disk {}  {} / {}  chunks {}  {}  {}",
+                d["id"],
+                human_bytes(used),
+                human_bytes(cap),
+                d["chunks"],
+                d["io_backend"].as_str().unwrap_or("?"),
+                d["path"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}

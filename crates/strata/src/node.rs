@@ -1,0 +1,290 @@
+//! Wiring one node: disks, the meta group, the data plane, the rpc server and
+//! the HTTP gateways.
+
+use crate::config::NodeConfig;
+use crate::ServeArgs;
+use anyhow::Context;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use strata_data::{DataConfig, DataPlane, StorageService, Topology};
+use strata_disk::{Disk, DiskConfig};
+use strata_identity::{CatalogConfig, Identity};
+use strata_meta::{Check, Meta, MetaConfig, MetaStore, Op, Txn};
+use strata_placement::{Device, Ring, RingSpec};
+use strata_swift::SwiftGateway;
+
+/// Meta table holding the ring spec under [`RING_KEY`].
+pub const CLUSTER_TABLE: &str = "cluster";
+pub const RING_KEY: &str = "ring";
+/// Meta table of node records, keyed by node id.
+pub const NODES_TABLE: &str = "cluster.nodes";
+
+/// What a node publishes about itself in the meta group.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeRecord {
+    pub id: u64,
+    pub rpc: String,
+    pub zone: String,
+    pub swift_url: String,
+    pub keystone_url: String,
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = match &args.config {
+        Some(path) => NodeConfig::load(path)?,
+        None => NodeConfig::default(),
+    };
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let password = admin_password(&cfg, args.admin_password.clone())?;
+
+    let disks = open_disks(&cfg)?;
+    let members = cfg.members();
+    let voters: BTreeMap<u64, String> = members.iter().map(|m| (m.id, m.rpc.clone())).collect();
+    let meta = Meta::open(MetaConfig {
+        node_id: cfg.node_id,
+        dir: cfg.data_dir.join("meta"),
+        voters,
+        heartbeat_interval_ms: 150,
+        election_timeout_min_ms: 600,
+        election_timeout_max_ms: 1200,
+    })
+    .await
+    .context("opening the meta group")?;
+
+    let data = DataPlane::new(
+        DataConfig {
+            node_id: cfg.node_id,
+            write_quorum: usize::from(cfg.cluster.write_quorum),
+            rpc_timeout_ms: 10_000,
+            hint_interval_ms: 2_000,
+        },
+        disks,
+    );
+
+    let rpc_addr = cfg.rpc_addr();
+    let rpc_listener = tokio::net::TcpListener::bind(&rpc_addr)
+        .await
+        .with_context(|| format!("binding rpc {rpc_addr}"))?;
+    let rpc = tonic::transport::Server::builder()
+        .add_service(meta.raft_service())
+        .add_service(StorageService::server(data.clone()))
+        .add_service(crate::admin::AdminService::server(meta.clone(), data.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(rpc_listener));
+    tokio::spawn(async move {
+        if let Err(e) = rpc.await {
+            tracing::error!(error = %e, "rpc server stopped");
+        }
+    });
+    tracing::info!(node = cfg.node_id, %rpc_addr, "rpc listening");
+
+    meta.bootstrap().await.context("bootstrapping the meta group")?;
+    let leader = wait_leader(&meta).await?;
+    tracing::info!(leader, "meta group has a leader");
+
+    let ring = ensure_ring(meta.as_ref(), &cfg).await?;
+    let addrs: HashMap<u64, String> = members.iter().map(|m| (m.id, m.rpc.clone())).collect();
+    data.set_topology(Topology { ring: Arc::new(ring), addrs: addrs.clone() });
+    spawn_ring_watcher(meta.clone(), data.clone(), addrs);
+    data.spawn_hint_replayer();
+
+    let host = cfg.public_host().to_string();
+    let swift_url = format!("http://{host}:{}", cfg.ports.swift);
+    let keystone_url = format!("http://{host}:{}", cfg.ports.keystone);
+    publish_node(meta.as_ref(), &cfg, &swift_url, &keystone_url).await?;
+
+    let store: Arc<dyn MetaStore> = meta.clone();
+    let identity = Identity::new(
+        store.clone(),
+        CatalogConfig {
+            region: "RegionOne".into(),
+            identity_url: keystone_url.clone(),
+            object_store_url: swift_url.clone(),
+            volume_url: format!("http://{host}:8776"),
+            compute_url: format!("http://{host}:8774"),
+            image_url: format!("http://{host}:9292"),
+        },
+    );
+    identity.bootstrap(&password).await.context("bootstrapping identity")?;
+
+    let objects = strata_object::ObjectService::new(data.clone(), store);
+    let swift = strata_swift::router(Arc::new(SwiftGateway { objects, identity: identity.clone() }));
+    let keystone = identity.router();
+
+    let swift_addr = format!("{}:{}", cfg.bind, cfg.ports.swift);
+    let keystone_addr = format!("{}:{}", cfg.bind, cfg.ports.keystone);
+    let swift_listener = tokio::net::TcpListener::bind(&swift_addr)
+        .await
+        .with_context(|| format!("binding swift {swift_addr}"))?;
+    let keystone_listener = tokio::net::TcpListener::bind(&keystone_addr)
+        .await
+        .with_context(|| format!("binding keystone {keystone_addr}"))?;
+    tracing::info!(%swift_url, %keystone_url, "gateways listening");
+    println!("strata node {} ready", cfg.node_id);
+    println!("  swift:    {swift_url}/v1/AUTH_<project_id>  (TempAuth: {swift_url}/auth/v1.0)");
+    println!("  keystone: {keystone_url}/v3");
+    println!("  admin:    user admin, project admin, domain Default");
+
+    let swift_srv = axum::serve(swift_listener, strata_api::with_request_id(swift));
+    let keystone_srv = axum::serve(keystone_listener, strata_api::with_request_id(keystone));
+    tokio::select! {
+        r = swift_srv => r.context("swift gateway stopped")?,
+        r = keystone_srv => r.context("keystone gateway stopped")?,
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    meta.shutdown().await.ok();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The admin password: flag or environment, else the config, else the one
+/// generated at this node's first start (kept in `<data-dir>/admin-password`).
+fn admin_password(cfg: &NodeConfig, given: Option<String>) -> anyhow::Result<String> {
+    if let Some(p) = given.or_else(|| cfg.admin_password.clone()) {
+        return Ok(p);
+    }
+    let path = cfg.data_dir.join("admin-password");
+    if let Ok(p) = std::fs::read_to_string(&path) {
+        let p = p.trim().to_string();
+        println!("admin password (from {}): {p}", path.display());
+        return Ok(p);
+    }
+    let p = hex::encode(rand::random::<[u8; 12]>());
+    write_private(&path, &p)?;
+    println!("generated admin password: {p}  (saved in {})", path.display());
+    Ok(p)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn open_disks(cfg: &NodeConfig) -> anyhow::Result<BTreeMap<u64, Arc<Disk>>> {
+    let mut disks = BTreeMap::new();
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let id = cfg.node_id * 1000 + i as u64;
+        let disk = Disk::open(DiskConfig {
+            dir: cfg.data_dir.join(&d.path),
+            device: d.device.clone(),
+            capacity_bytes: d.capacity_bytes,
+            force_syscall_io: false,
+        })
+        .with_context(|| format!("opening disk {}", d.path.display()))?;
+        tracing::info!(disk = id, backend = disk.usage().io_backend, "disk open");
+        disks.insert(id, disk);
+    }
+    Ok(disks)
+}
+
+async fn wait_leader(meta: &Meta) -> anyhow::Result<u64> {
+    // A restarted cluster may need a few election rounds while peers come back.
+    for _ in 0..600 {
+        if let Ok(l) = meta.wait_for_leader(1_000).await {
+            return Ok(l);
+        }
+    }
+    anyhow::bail!("no meta leader after 10 minutes")
+}
+
+/// The ring spec the configuration describes (version 1).
+fn configured_ring(cfg: &NodeConfig) -> RingSpec {
+    let devices = cfg
+        .members()
+        .iter()
+        .flat_map(|m| {
+            (0..m.disks).map(move |i| Device {
+                id: m.id * 1000 + u64::from(i),
+                node: m.id,
+                zone: m.zone.clone(),
+                weight: m.weight,
+            })
+        })
+        .collect();
+    RingSpec { version: 1, part_power: cfg.cluster.part_power, replicas: cfg.cluster.replicas, devices }
+}
+
+/// Load the ring from the meta group, storing the configured one first if
+/// the cluster has none yet.
+async fn ensure_ring(meta: &dyn MetaStore, cfg: &NodeConfig) -> anyhow::Result<Ring> {
+    let spec = configured_ring(cfg);
+    let encoded = serde_json::to_vec(&spec)?;
+    meta.write(Txn {
+        checks: vec![Check::Absent { table: CLUSTER_TABLE.into(), key: RING_KEY.into() }],
+        ops: vec![Op::Put { table: CLUSTER_TABLE.into(), key: RING_KEY.into(), value: encoded }],
+    })
+    .await
+    .context("storing the ring")?;
+    let stored = meta
+        .get(CLUSTER_TABLE, RING_KEY)
+        .await
+        .context("reading the ring")?
+        .context("ring missing after it was stored")?;
+    let spec: RingSpec = serde_json::from_slice(&stored).context("decoding the ring")?;
+    Ok(Ring::new(spec)?)
+}
+
+fn spawn_ring_watcher(meta: Arc<Meta>, data: Arc<DataPlane>, addrs: HashMap<u64, String>) {
+    let mut applied = meta.subscribe_applied();
+    tokio::spawn(async move {
+        let mut version = data.topology().map(|t| t.ring.version()).unwrap_or(0);
+        while applied.changed().await.is_ok() {
+            let Some(raw) = meta.get_local(CLUSTER_TABLE, RING_KEY) else { continue };
+            let Ok(spec) = serde_json::from_slice::<RingSpec>(&raw) else { continue };
+            if spec.version == version {
+                continue;
+            }
+            match Ring::new(spec) {
+                Ok(ring) => {
+                    version = ring.version();
+                    tracing::info!(version, "ring updated");
+                    data.set_topology(Topology { ring: Arc::new(ring), addrs: addrs.clone() });
+                }
+                Err(e) => tracing::error!(error = %e, "refusing an invalid ring"),
+            }
+        }
+    });
+}
+
+async fn publish_node(
+    meta: &dyn MetaStore,
+    cfg: &NodeConfig,
+    swift_url: &str,
+    keystone_url: &str,
+) -> anyhow::Result<()> {
+    let rec = NodeRecord {
+        id: cfg.node_id,
+        rpc: cfg.rpc_addr(),
+        zone: cfg.zone.clone(),
+        swift_url: swift_url.into(),
+        keystone_url: keystone_url.into(),
+    };
+    let value = serde_json::to_vec(&rec)?;
+    let key = cfg.node_id.to_string();
+    if meta.get_local(NODES_TABLE, &key).as_deref() == Some(value.as_slice()) {
+        return Ok(());
+    }
+    meta.write(Txn { checks: vec![], ops: vec![Op::Put { table: NODES_TABLE.into(), key, value }] })
+        .await
+        .context("publishing this node")?;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Installs what building and testing Strata needs. Idempotent and quiet: every step first
+# checks whether its thing is already there, so on a prepared machine this takes a second.
+#
+#   STRATA_VENV   Python virtualenv for the integration tests and the Swift/Keystone clients
+#                 (default /root/.cache/strata-venv, outside the clone so it survives re-clones)
+set -euo pipefail
+
+STRATA_VENV="${STRATA_VENV:-/root/.cache/strata-venv}"
+export DEBIAN_FRONTEND=noninteractive
+
+log() { echo "setup: $*"; }
+
+# Runs a command with its output kept aside; shows the output only if the command fails.
+quiet() {
+    local out
+    out="$(mktemp)"
+    if ! "$@" >"$out" 2>&1; then
+        cat "$out" >&2
+        rm -f "$out"
+        echo "setup: failed: $*" >&2
+        return 1
+    fi
+    rm -f "$out"
+}
+
+# --- Debian packages --------------------------------------------------------------------
+# clang + libclang-dev: bindgen for the rocksdb bindings; protobuf-compiler: tonic-build;
+# rclone: a further real Swift client for tests.
+APT_PACKAGES=(clang libclang-dev protobuf-compiler rclone)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    if ! dpkg -s "$p" >/dev/null 2>&1; then
+        missing+=("$p")
+    fi
+done
+if ((${#missing[@]})); then
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+    log "installing ${missing[*]}"
+    quiet $SUDO apt-get update -qq
+    quiet $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# --- Python clients and pytest ----------------------------------------------------------
+PY_PACKAGES=(python-swiftclient python-keystoneclient keystoneauth1 pytest pytest-timeout requests)
+PY_IMPORTS="import swiftclient, keystoneclient, keystoneauth1, pytest, pytest_timeout, requests"
+if [[ ! -x "$STRATA_VENV/bin/python" ]]; then
+    log "creating virtualenv $STRATA_VENV"
+    python3 -m venv "$STRATA_VENV"
+fi
+if ! "$STRATA_VENV/bin/python" -c "$PY_IMPORTS" >/dev/null 2>&1 || [[ ! -x "$STRATA_VENV/bin/swift" ]]; then
+    log "installing Python packages into $STRATA_VENV"
+    quiet "$STRATA_VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    quiet "$STRATA_VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+    "$STRATA_VENV/bin/python" -c "$PY_IMPORTS"
+fi
+
+# --- Rust -------------------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1 && [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo not found; install the stable Rust toolchain (rustup) first" >&2
+    exit 1
+fi
+if command -v rustup >/dev/null 2>&1; then
+    installed="$(rustup component list --installed 2>/dev/null || true)"
+    for c in rustfmt clippy; do
+        if ! grep -q "^$c" <<<"$installed"; then
+            log "adding rust component $c"
+            quiet rustup component add "$c"
+        fi
+    done
+fi

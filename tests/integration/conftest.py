@@ -1,0 +1,145 @@
+"""Fixtures for the integration tests: real `strata serve` processes driven by real clients.
+
+The server binary comes from STRATA_BIN (scripts/test.sh sets it to the freshly built one).
+Fixtures kill every process they start by PID, also when a test fails; the tail of every
+node's log is attached to the report of a failing test.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import pytest
+
+import harness
+from harness import Cluster, Node
+
+# Nothing in these tests may go through a proxy: scrub the settings before any client runs.
+harness.scrub_proxy_env(os.environ)
+
+# Nodes that belong to fixtures currently set up; their logs go into failure reports.
+_active_nodes: list[Node] = []
+
+
+def _activate(nodes: list[Node]) -> None:
+    _active_nodes.extend(nodes)
+
+
+def _deactivate(nodes: list[Node]) -> None:
+    for n in nodes:
+        if n in _active_nodes:
+            _active_nodes.remove(n)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        for node in _active_nodes:
+            report.sections.append(
+                (
+                    f"{node.name} log, last {harness.LOG_TAIL_LINES} lines ({node.log_path})",
+                    node.log_tail(),
+                )
+            )
+    return report
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Last resort (e.g. an interrupted run): no node outlives the session.
+    harness.kill_all_started()
+
+
+# --------------------------------------------------------------------------------------------
+# Basics
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def strata_bin() -> Path:
+    value = os.environ.get("STRATA_BIN")
+    if not value:
+        pytest.fail(
+            "STRATA_BIN is not set: point it at the strata binary "
+            "(bash scripts/test.sh builds it and sets it).",
+            pytrace=False,
+        )
+    path = Path(value)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"STRATA_BIN={value} is not an executable file", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def admin_password() -> str:
+    # A fresh, non-default password per run: proves it is the one the node was given.
+    return "pw-" + secrets.token_urlsafe(18)
+
+
+@pytest.fixture(scope="session")
+def swift_cli() -> Path:
+    """The `swift` command of python-swiftclient, from the venv that runs these tests."""
+    venv = os.environ.get("STRATA_VENV")
+    candidates = [Path(venv) / "bin" / "swift"] if venv else []
+    candidates.append(Path(sys.executable).parent / "swift")
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    pytest.fail(f"swift CLI not found (looked at {', '.join(map(str, candidates))})")
+
+
+def _cleanup(request, nodes: list[Node], failed_before: int | None) -> None:
+    """Kills the nodes; drops their data-dirs when they started fine and no test failed
+    meanwhile (`failed_before` is None when the start failed). Configs and logs stay."""
+    try:
+        for n in nodes:
+            n.kill9()
+    finally:
+        _deactivate(nodes)
+    if failed_before is not None and request.session.testsfailed == failed_before:
+        for n in nodes:
+            n.remove_data()
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_node(request, strata_bin, admin_password, tmp_path_factory):
+    """One node on 127.0.0.1 with free ports, shared by the tests of a module."""
+    node = Node(
+        binary=strata_bin,
+        workdir=tmp_path_factory.mktemp("single"),
+        node_id=1,
+        bind="127.0.0.1",
+        password=admin_password,
+    )
+    failed_before = None
+    _activate([node])
+    try:
+        node.start()
+        node.wait_ready()
+        failed_before = request.session.testsfailed
+        yield node
+    finally:
+        _cleanup(request, [node], failed_before)
+
+
+@pytest.fixture
+def cluster(request, strata_bin, admin_password, tmp_path):
+    """A fresh three-node cluster (replicas 3, write-quorum 2), started and ready."""
+    c = Cluster(binary=strata_bin, workdir=tmp_path, password=admin_password)
+    failed_before = None
+    _activate(c.nodes)
+    try:
+        c.start_all()
+        c.wait_ready()
+        failed_before = request.session.testsfailed
+        yield c
+    finally:
+        _cleanup(request, c.nodes, failed_before)
