@@ -64,7 +64,7 @@ summary() {
     echo
     echo "==================== summary ===================="
     for i in "${!NAMES[@]}"; do
-        printf '  %-20s %-22s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "$(fmt_secs "${TIMES[$i]}")"
+        printf '  %-20s %-20s %s\n' "${NAMES[$i]}" "${RESULTS[$i]}" "$(fmt_secs "${TIMES[$i]}")"
         [[ "${RESULTS[$i]}" == ok ]] || failed=1
     done
     echo "  total time: $(fmt_secs $((SECONDS - RUN_START)))"
@@ -82,7 +82,9 @@ if ! stage setup bash scripts/setup.sh; then
     exit 1
 fi
 
-stage "cargo fmt" cargo fmt --all -- --check || true
+FMT_ARGS=(--check)
+[[ -t 1 ]] || FMT_ARGS+=(--color never) # plain diffs in logs
+stage "cargo fmt" cargo fmt --all -- "${FMT_ARGS[@]}" || true
 stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || true
 built=0
 stage "cargo build" cargo build -p strata && built=1 || true
@@ -91,12 +93,13 @@ stage "cargo test" cargo test --workspace || true
 if ((built)) && [[ -x "$STRATA_BIN" ]]; then
     # tests/.work is ignored by git and cleared by pytest at the start of each run; node logs
     # and configs of the last run stay there for a look after a failure.
+    mkdir -p "$ROOT/tests/.work"
     # shellcheck disable=SC2086
     stage "integration tests" env STRATA_BIN="$STRATA_BIN" \
         "$STRATA_VENV/bin/python" -m pytest -v tests/integration \
         --basetemp "$ROOT/tests/.work/pytest" ${PYTEST_ARGS:-} || true
 else
-    skip "integration tests" "no strata binary was built"
+    skip "integration tests" "no binary"
 fi
 
 summary

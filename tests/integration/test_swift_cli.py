@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from swiftclient.client import ClientException
 
 from harness import ADMIN_DOMAIN, ADMIN_PROJECT, ADMIN_USER, MiB, Node, payload
@@ -116,7 +117,7 @@ def test_cli_upload_list_download_stat(single_node, swift_cli, tmp_path, auth):
     swift("download", container, "--output-dir", str(dst))
     for name, data in files.items():
         got = (dst / name).read_bytes()
-        assert got == data, f"{name}: downloaded {len(got)} bytes differ from the uploaded {len(data)}"
+        assert got == data, f"{name}: downloaded {len(got)} bytes, not the {len(data)} uploaded"
     downloaded = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
     assert downloaded == sorted(files)
 
@@ -245,3 +246,93 @@ def test_delete_updates_counts_and_nonempty_container_conflicts(single_node):
     with pytest.raises(ClientException) as e:
         conn.head_container(container)
     assert e.value.http_status == 404
+
+
+def test_metadata_round_trip(single_node):
+    conn = single_node.connection()
+    container = unique("meta")
+
+    conn.post_account({"X-Account-Meta-Color": "blue", "X-Account-Meta-Gone": "soon"})
+    conn.post_account({"X-Remove-Account-Meta-Gone": "x"})
+    head = conn.head_account()
+    assert head["x-account-meta-color"] == "blue"
+    assert "x-account-meta-gone" not in head
+
+    conn.put_container(container, headers={"X-Container-Meta-Owner": "ops"})
+    conn.post_container(container, {"X-Container-Meta-Tier": "gold"})
+    conn.post_container(container, {"X-Remove-Container-Meta-Owner": "x"})
+    head = conn.head_container(container)
+    assert head["x-container-meta-tier"] == "gold"
+    assert "x-container-meta-owner" not in head
+
+    conn.put_object(container, "o", b"body", headers={"X-Object-Meta-A": "1"})
+    # Object POST replaces the whole set of user metadata, as in Swift.
+    conn.post_object(container, "o", {"X-Object-Meta-B": "2"})
+    head = conn.head_object(container, "o")
+    assert head["x-object-meta-b"] == "2"
+    assert "x-object-meta-a" not in head
+    assert conn.get_object(container, "o")[1] == b"body"
+
+    with pytest.raises(ClientException) as e:
+        conn.post_container(container, {"X-Container-Meta-" + "n" * 129: "v"})
+    assert e.value.http_status == 400
+
+
+def test_ranges_and_conditionals(single_node):
+    conn = single_node.connection()
+    container = unique("range")
+    conn.put_container(container)
+    data = payload(7, 3 * MiB + 17)
+    etag = conn.put_object(container, "o", data)
+
+    headers, body = conn.get_object(container, "o", headers={"Range": "bytes=1048570-1048589"})
+    assert body == data[1048570:1048590]
+    assert headers["content-range"] == f"bytes 1048570-1048589/{len(data)}"
+    _, body = conn.get_object(container, "o", headers={"Range": "bytes=-100"})
+    assert body == data[-100:]
+    _, body = conn.get_object(container, "o", headers={"Range": f"bytes={len(data) - 5}-"})
+    assert body == data[-5:]
+    with pytest.raises(ClientException) as e:
+        conn.get_object(container, "o", headers={"Range": f"bytes={len(data)}-"})
+    assert e.value.http_status == 416
+
+    with pytest.raises(ClientException) as e:
+        conn.get_object(container, "o", headers={"If-Match": '"nope"'})
+    assert e.value.http_status == 412
+    # swiftclient raises on anything outside 2xx, 304 included.
+    with pytest.raises(ClientException) as e:
+        conn.get_object(container, "o", headers={"If-None-Match": etag})
+    assert e.value.http_status == 304
+    headers, body = conn.get_object(container, "o", headers={"If-Match": etag, "Range": "bytes=0-3"})
+    assert body == data[:4]
+    with pytest.raises(ClientException) as e:
+        conn.put_object(container, "bad", b"abc", etag="0" * 32)
+    assert e.value.http_status == 422
+    with pytest.raises(ClientException) as e:
+        conn.head_object(container, "bad")
+    assert e.value.http_status == 404
+
+
+def test_listing_formats_and_delimiter(single_node):
+    conn = single_node.connection()
+    container = unique("fmt")
+    conn.put_container(container)
+    for n in ["photos/2024/a.jpg", "photos/2024/b.jpg", "photos/2025/c.jpg", "readme", "z&<>"]:
+        conn.put_object(container, n, b"x")
+
+    rows = conn.get_container(container, delimiter="/")[1]
+    assert [r.get("subdir", r.get("name")) for r in rows] == ["photos/", "readme", "z&<>"]
+    rows = conn.get_container(container, prefix="photos/", delimiter="/")[1]
+    assert [r["subdir"] for r in rows] == ["photos/2024/", "photos/2025/"]
+
+    url, token = conn.get_auth()
+    r = requests.get(f"{url}/{container}", params={"format": "xml"}, headers={"X-Auth-Token": token})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/xml")
+    assert "<name>z&amp;&lt;&gt;</name>" in r.text
+    r = requests.get(f"{url}/{container}", headers={"X-Auth-Token": token})
+    assert r.text.splitlines() == ["photos/2024/a.jpg", "photos/2024/b.jpg", "photos/2025/c.jpg", "readme", "z&<>"]
+    r = requests.get(f"{url}/{container}", params={"limit": "10001"}, headers={"X-Auth-Token": token})
+    assert r.status_code == 412
+    r = requests.get(f"{url}/{container}", headers={})
+    assert r.status_code == 401

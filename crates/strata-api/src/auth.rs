@@ -62,7 +62,10 @@ mod tests {
 
     #[test]
     fn roles_compare_case_insensitively() {
-        let ctx = AuthContext { roles: vec!["Admin".into(), "member".into()], ..Default::default() };
+        let ctx = AuthContext {
+            roles: vec!["Admin".into(), "member".into()],
+            ..Default::default()
+        };
         assert!(ctx.is_admin());
         assert!(ctx.has_role("MEMBER"));
         assert!(!ctx.has_role("reader"));

@@ -32,7 +32,12 @@ pub struct Fault {
 
 impl Fault {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Fault { status, message: message.into(), style: FaultStyle::default(), headers: Vec::new() }
+        Fault {
+            status,
+            message: message.into(),
+            style: FaultStyle::default(),
+            headers: Vec::new(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -41,7 +46,10 @@ impl Fault {
 
     /// 401 with Keystone's standard message.
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "The request you have made requires authentication.")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "The request you have made requires authentication.",
+        )
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -53,7 +61,10 @@ impl Fault {
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "The method is not allowed for this resource.")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "The method is not allowed for this resource.",
+        )
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
@@ -151,8 +162,10 @@ impl IntoResponse for Fault {
             Some(body) => {
                 let bytes = serde_json::to_vec(&body).unwrap_or_default();
                 let mut r = (self.status, bytes).into_response();
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 r
             }
             None => {
@@ -229,12 +242,22 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::CONFLICT);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(resp.headers()["www-authenticate"], "Keystone uri=\"x\"");
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v, json!({"error": {"code": 409, "message": "dup", "title": "Conflict"}}));
+        assert_eq!(
+            v,
+            json!({"error": {"code": 409, "message": "dup", "title": "Conflict"}})
+        );
 
-        let resp = Fault::unauthorized().with_style(FaultStyle::Plain).into_response();
+        let resp = Fault::unauthorized()
+            .with_style(FaultStyle::Plain)
+            .into_response();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-        assert!(resp.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+        assert!(resp.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
     }
 }

@@ -11,7 +11,12 @@ pub enum Format {
 impl Format {
     /// The format of a media type (`application/json`, `text/xml`, `text/plain`, ...).
     pub fn from_media_type(media: &str) -> Option<Format> {
-        let media = media.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = media
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match media.as_str() {
             "application/json" => Some(Format::Json),
             m if m.starts_with("application/") && m.ends_with("+json") => Some(Format::Json),
@@ -61,7 +66,7 @@ pub fn from_accept(accept: Option<&str>, default: Format) -> Format {
             None if media == "*/*" || media == "application/*" => default,
             None => continue,
         };
-        if best.map_or(true, |(bq, _)| q > bq) {
+        if best.is_none_or(|(bq, _)| q > bq) {
             best = Some((q, format));
         }
     }
@@ -104,9 +109,18 @@ mod tests {
         assert_eq!(n(Some("text/xml")), Format::Xml);
         assert_eq!(n(Some("*/*")), Format::Plain);
         assert_eq!(n(Some("image/png")), Format::Plain);
-        assert_eq!(n(Some("text/plain;q=0.5, application/json;q=0.9")), Format::Json);
-        assert_eq!(n(Some("application/json;q=0, application/xml")), Format::Xml);
-        assert_eq!(n(Some("application/vnd.openstack.identity-v3+json")), Format::Json);
+        assert_eq!(
+            n(Some("text/plain;q=0.5, application/json;q=0.9")),
+            Format::Json
+        );
+        assert_eq!(
+            n(Some("application/json;q=0, application/xml")),
+            Format::Xml
+        );
+        assert_eq!(
+            n(Some("application/vnd.openstack.identity-v3+json")),
+            Format::Json
+        );
     }
 
     #[test]

@@ -18,7 +18,12 @@ pub const DEFAULT_JSON_LIMIT: usize = 1 << 20;
 pub struct Json<T>(pub T);
 
 fn is_json_content_type(ct: &str) -> bool {
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
@@ -31,7 +36,11 @@ where
     type Rejection = Fault;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Fault> {
-        let style = req.extensions().get::<FaultStyle>().copied().unwrap_or_default();
+        let style = req
+            .extensions()
+            .get::<FaultStyle>()
+            .copied()
+            .unwrap_or_default();
         let path = req.uri().path().to_string();
         if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
             let ct = ct.to_str().unwrap_or("");
@@ -55,8 +64,9 @@ where
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             tracing::info!(%path, "rejected empty JSON body");
-            return Err(Fault::bad_request("The request body must be a JSON object.")
-                .with_style(style));
+            return Err(
+                Fault::bad_request("The request body must be a JSON object.").with_style(style),
+            );
         }
         match serde_json::from_slice::<T>(&bytes) {
             Ok(v) => Ok(Json(v)),
@@ -98,9 +108,14 @@ mod tests {
         if let Some(ct) = ct {
             req = req.header("content-type", ct);
         }
-        let resp = app.oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+        let resp = app
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
-        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 

@@ -80,15 +80,27 @@ mod tests {
             "/",
             get(|Extension(id): Extension<RequestId>| async move { id.openstack }),
         ));
-        let resp =
-            app.clone().oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
-        let hdr = resp.headers()["x-openstack-request-id"].to_str().unwrap().to_string();
+        let resp = app
+            .clone()
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let hdr = resp.headers()["x-openstack-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(hdr.starts_with("req-"));
-        assert!(resp.headers()["x-trans-id"].to_str().unwrap().starts_with("tx"));
+        assert!(resp.headers()["x-trans-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("tx"));
         let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
         assert_eq!(body, hdr.as_bytes());
         // Unknown routes too.
-        let resp = app.oneshot(Request::get("/nope").body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app
+            .oneshot(Request::get("/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 404);
         assert!(resp.headers().contains_key("x-openstack-request-id"));
     }

@@ -103,7 +103,7 @@ impl DataPlane {
                 let u = d.usage();
                 pb::DiskStatus {
                     disk_id: *id,
-                    path: d.path().display().to_string(),
+                    path: d.data_path().display().to_string(),
                     capacity_bytes: u.capacity_bytes,
                     used_bytes: u.used_bytes,
                     chunks: u.chunks,

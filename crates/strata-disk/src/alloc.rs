@@ -67,7 +67,9 @@ impl Allocator {
     /// Marks an extent as used while rebuilding. Returns false (and marks nothing) if it lies
     /// outside the data area or overlaps blocks already in use.
     pub(crate) fn mark(&mut self, e: Extent) -> bool {
-        let Some(end) = e.start.checked_add(e.len) else { return false };
+        let Some(end) = e.start.checked_add(e.len) else {
+            return false;
+        };
         if e.start < self.first || end > self.blocks {
             return false;
         }
@@ -116,7 +118,7 @@ impl Allocator {
         let mut run = 0u64;
         let mut b = from;
         while b < to {
-            if b % 64 == 0 && b + 64 <= to {
+            if b & 63 == 0 && b + 64 <= to {
                 let w = self.words[(b / 64) as usize];
                 if w == u64::MAX {
                     run = 0;
@@ -185,7 +187,10 @@ mod tests {
         assert!(!a.mark(Extent { start: 14, len: 2 }));
         assert!(!a.mark(Extent { start: 0, len: 1 }));
         assert!(!a.mark(Extent { start: 999, len: 2 }));
-        assert!(!a.mark(Extent { start: u64::MAX, len: 2 }));
+        assert!(!a.mark(Extent {
+            start: u64::MAX,
+            len: 2
+        }));
         assert_eq!(a.used_blocks(), 5);
         // Allocation skips the marked extent.
         let e = a.alloc(20).unwrap();
@@ -198,8 +203,17 @@ mod tests {
         // Fill everything, then free a run spanning three words.
         let all = a.alloc(640).unwrap();
         assert_eq!(all.len, 640);
-        a.free(Extent { start: 60, len: 140 });
+        a.free(Extent {
+            start: 60,
+            len: 140,
+        });
         assert!(a.alloc(141).is_none());
-        assert_eq!(a.alloc(140), Some(Extent { start: 60, len: 140 }));
+        assert_eq!(
+            a.alloc(140),
+            Some(Extent {
+                start: 60,
+                len: 140
+            })
+        );
     }
 }

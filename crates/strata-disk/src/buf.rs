@@ -28,7 +28,10 @@ impl AlignedBuf {
     pub fn zeroed(blocks: usize) -> Self {
         let cap = blocks * BLOCK;
         if cap == 0 {
-            return AlignedBuf { ptr: NonNull::dangling(), cap: 0 };
+            return AlignedBuf {
+                ptr: NonNull::dangling(),
+                cap: 0,
+            };
         }
         let layout = Self::layout(cap);
         // SAFETY: `layout` has a non-zero size (checked above) and a valid power-of-two alignment.
@@ -94,7 +97,9 @@ impl Drop for AlignedBuf {
 
 impl std::fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlignedBuf").field("len", &self.cap).finish()
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.cap)
+            .finish()
     }
 }
 

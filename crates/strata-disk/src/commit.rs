@@ -28,10 +28,24 @@ pub(crate) const MAX_BATCH_BYTES: usize = 32 << 20;
 
 pub(crate) enum CommitOp {
     /// Chunk data is written (not yet synced) at `entry.offset`.
-    PutChunk { id: ChunkId, entry: ChunkEntry, reply: oneshot::Sender<Result<()>> },
-    DeleteChunk { id: ChunkId, reply: oneshot::Sender<Result<()>> },
-    PutRecord { key: Vec<u8>, rec: Record, reply: oneshot::Sender<Result<bool>> },
-    RemoveRecord { key: Vec<u8>, reply: oneshot::Sender<Result<()>> },
+    PutChunk {
+        id: ChunkId,
+        entry: ChunkEntry,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    DeleteChunk {
+        id: ChunkId,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        rec: Record,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    RemoveRecord {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 impl CommitOp {
@@ -98,13 +112,19 @@ impl Committer {
             return;
         }
         match self.alloc.lock() {
-            Ok(mut a) => extents.iter().filter(|e| e.len > 0).for_each(|e| a.free(*e)),
+            Ok(mut a) => extents
+                .iter()
+                .filter(|e| e.len > 0)
+                .for_each(|e| a.free(*e)),
             Err(_) => tracing::error!("allocator lock poisoned; blocks not released"),
         }
     }
 
     fn io_err(&self, e: &std::io::Error) -> DiskError {
-        DiskError::Io { path: self.data_path.clone(), source: std::io::Error::new(e.kind(), e.to_string()) }
+        DiskError::Io {
+            path: self.data_path.clone(),
+            source: std::io::Error::new(e.kind(), e.to_string()),
+        }
     }
 
     fn commit(&mut self, batch: Vec<CommitOp>) {
@@ -120,7 +140,9 @@ impl Committer {
             let why = why.clone();
             // None of these reached the index, so their fresh extents can be reused.
             self.free(&new_extents);
-            fail_all(batch, |_| DiskError::Index(format!("disk failed earlier: {why}")));
+            fail_all(batch, |_| {
+                DiskError::Index(format!("disk failed earlier: {why}"))
+            });
             return;
         }
 
@@ -163,13 +185,21 @@ impl Committer {
         released.extend(unused);
         self.free(&released);
         if chunk_delta >= 0 {
-            self.counters.chunks.fetch_add(chunk_delta as u64, Ordering::Relaxed);
+            self.counters
+                .chunks
+                .fetch_add(chunk_delta as u64, Ordering::Relaxed);
         } else {
-            self.counters.chunks.fetch_sub(chunk_delta.unsigned_abs(), Ordering::Relaxed);
+            self.counters
+                .chunks
+                .fetch_sub(chunk_delta.unsigned_abs(), Ordering::Relaxed);
         }
         self.counters.rounds.fetch_add(1, Ordering::Relaxed);
-        self.counters.chunk_puts.fetch_add(new_extents.len() as u64, Ordering::Relaxed);
-        self.counters.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.counters
+            .chunk_puts
+            .fetch_add(new_extents.len() as u64, Ordering::Relaxed);
+        self.counters
+            .ops
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
 
         for (op, outcome) in batch.into_iter().zip(outcomes) {
             answer(op, outcome);
@@ -236,12 +266,12 @@ impl Committer {
                     };
                     match current {
                         Ok(Some(ts)) if ts >= rec.timestamp => {
-                            record_state.insert(key, Some(ts));
+                            record_state.insert(key.as_slice(), Some(ts));
                             Outcome::Applied(false)
                         }
                         Ok(_) => {
                             wb.put_cf(records, key, index::encode_record(rec));
-                            record_state.insert(key, Some(rec.timestamp));
+                            record_state.insert(key.as_slice(), Some(rec.timestamp));
                             Outcome::Applied(true)
                         }
                         Err(e) => Outcome::Failed(e),
@@ -249,7 +279,7 @@ impl Committer {
                 }
                 CommitOp::RemoveRecord { key, .. } => {
                     wb.delete_cf(records, key);
-                    record_state.insert(key, None);
+                    record_state.insert(key.as_slice(), None);
                     Outcome::Done
                 }
             };
@@ -268,7 +298,11 @@ impl Committer {
         if let Some(s) = state.get(id) {
             return Ok(*s);
         }
-        let current = match self.db.get_pinned_cf(chunks, id.0).map_err(index::index_err)? {
+        let current = match self
+            .db
+            .get_pinned_cf(chunks, id.0)
+            .map_err(index::index_err)?
+        {
             None => None,
             Some(v) => match ChunkEntry::decode(&v) {
                 Some(e) => Some(extent_of(&e)),
@@ -285,7 +319,11 @@ impl Committer {
     }
 
     fn record_ts(&self, records: &rocksdb::ColumnFamily, key: &[u8]) -> Result<Option<u64>> {
-        match self.db.get_pinned_cf(records, key).map_err(index::index_err)? {
+        match self
+            .db
+            .get_pinned_cf(records, key)
+            .map_err(index::index_err)?
+        {
             None => Ok(None),
             Some(v) => match index::decode_record(&v) {
                 Some(r) => Ok(Some(r.timestamp)),
@@ -296,7 +334,10 @@ impl Committer {
 }
 
 pub(crate) fn extent_of(e: &ChunkEntry) -> Extent {
-    Extent { start: e.offset / BLOCK as u64, len: e.blocks() }
+    Extent {
+        start: e.offset / BLOCK as u64,
+        len: e.blocks(),
+    }
 }
 
 fn fail_all(batch: Vec<CommitOp>, mut err: impl FnMut(&CommitOp) -> DiskError) {
@@ -308,15 +349,23 @@ fn fail_all(batch: Vec<CommitOp>, mut err: impl FnMut(&CommitOp) -> DiskError) {
 
 fn answer(op: CommitOp, outcome: Outcome) {
     // A writer that stopped waiting (its future was dropped) just misses the answer.
-    match (op, outcome) {
-        (CommitOp::PutRecord { reply, .. }, Outcome::Applied(b)) => drop(reply.send(Ok(b))),
-        (CommitOp::PutRecord { reply, .. }, Outcome::Failed(e)) => drop(reply.send(Err(e))),
-        (CommitOp::PutRecord { reply, .. }, Outcome::Done) => drop(reply.send(Ok(true))),
-        (CommitOp::PutChunk { reply, .. }, o)
-        | (CommitOp::DeleteChunk { reply, .. }, o)
-        | (CommitOp::RemoveRecord { reply, .. }, o) => drop(reply.send(match o {
-            Outcome::Failed(e) => Err(e),
-            _ => Ok(()),
-        })),
+    let unit = |o: Outcome| match o {
+        Outcome::Failed(e) => Err(e),
+        Outcome::Done | Outcome::Applied(_) => Ok(()),
+    };
+    let sent = match op {
+        CommitOp::PutRecord { reply, .. } => reply
+            .send(match outcome {
+                Outcome::Applied(b) => Ok(b),
+                Outcome::Done => Ok(true),
+                Outcome::Failed(e) => Err(e),
+            })
+            .is_ok(),
+        CommitOp::PutChunk { reply, .. }
+        | CommitOp::DeleteChunk { reply, .. }
+        | CommitOp::RemoveRecord { reply, .. } => reply.send(unit(outcome)).is_ok(),
+    };
+    if !sent {
+        tracing::debug!("writer stopped waiting before its write was acknowledged");
     }
 }

@@ -62,11 +62,17 @@ impl std::fmt::Debug for Disk {
 }
 
 fn io_error(path: &Path) -> impl Fn(io::Error) -> DiskError + '_ {
-    move |source| DiskError::Io { path: path.to_path_buf(), source }
+    move |source| DiskError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn invalid(path: &Path, msg: String) -> DiskError {
-    DiskError::Io { path: path.to_path_buf(), source: io::Error::new(io::ErrorKind::InvalidData, msg) }
+    DiskError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, msg),
+    }
 }
 
 impl Disk {
@@ -80,7 +86,9 @@ impl Disk {
         };
         let err = io_error(&data_path);
         let mut oo = OpenOptions::new();
-        oo.read(true).write(true).custom_flags(libc::O_DIRECT | libc::O_CLOEXEC);
+        oo.read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC);
         if !is_device {
             oo.create(true);
         }
@@ -107,7 +115,10 @@ impl Disk {
         };
         let blocks = size / BLOCK as u64;
         if blocks <= RESERVED_BLOCKS {
-            return Err(invalid(&data_path, format!("data area of {size} bytes is too small")));
+            return Err(invalid(
+                &data_path,
+                format!("data area of {size} bytes is too small"),
+            ));
         }
 
         let db = index::open_db(&cfg.dir.join("index"))?;
@@ -167,7 +178,7 @@ impl Disk {
             io,
             alloc,
             counters,
-            data_path,
+            data_path: data_path.clone(),
             commit_tx: Some(tx),
             committer: Some(handle),
         }))
@@ -187,16 +198,22 @@ impl Disk {
         let meta = index::cf(db, CF_META)?;
         match db.get_cf(meta, META_FORMAT).map_err(index::index_err)? {
             None => {
-                let format = Format { instance: new_instance_id(data_path), blocks };
+                let format = Format {
+                    instance: new_instance_id(data_path),
+                    blocks,
+                };
                 let sb = AlignedBuf::from_slice(&index::encode_superblock(&format));
                 write_full_at(file, sb.as_slice(), 0).map_err(&err)?;
                 file.sync_all().map_err(&err)?;
                 if !is_device {
-                    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))?;
+                    File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io_error(dir))?;
                 }
                 let mut wo = WriteOptions::default();
                 wo.set_sync(true);
-                db.put_cf_opt(meta, META_FORMAT, format.encode(), &wo).map_err(index::index_err)?;
+                db.put_cf_opt(meta, META_FORMAT, format.encode(), &wo)
+                    .map_err(index::index_err)?;
             }
             Some(v) => {
                 let format = Format::decode(&v)
@@ -229,7 +246,10 @@ impl Disk {
     }
 
     fn io_err(&self, source: io::Error) -> DiskError {
-        DiskError::Io { path: self.data_path.clone(), source }
+        DiskError::Io {
+            path: self.data_path.clone(),
+            source,
+        }
     }
 
     async fn submit<T>(
@@ -248,13 +268,15 @@ impl Disk {
     /// stored, and its blocks may stay reserved until the disk is reopened.
     pub async fn put_chunk(&self, id: ChunkId, data: Bytes) -> Result<()> {
         if data.len() > CHUNK_SIZE_BYTES_MAX {
-            return Err(DiskError::TooLarge { len: data.len(), max: CHUNK_SIZE_BYTES_MAX });
+            return Err(DiskError::TooLarge {
+                len: data.len(),
+                max: CHUNK_SIZE_BYTES_MAX,
+            });
         }
         let blocks = blocks_for(data.len()) as u64;
-        let ext = self
-            .lock_alloc()
-            .alloc(blocks)
-            .ok_or(DiskError::Full { needed_bytes: blocks * BLOCK as u64 })?;
+        let ext = self.lock_alloc().alloc(blocks).ok_or(DiskError::Full {
+            needed_bytes: blocks * BLOCK as u64,
+        })?;
         let offset = ext.start * BLOCK as u64;
         let entry = ChunkEntry::for_data(offset, &data);
         if blocks > 0 {
@@ -266,7 +288,8 @@ impl Disk {
                 return Err(self.io_err(e));
             }
         }
-        self.submit(|reply| CommitOp::PutChunk { id, entry, reply }).await
+        self.submit(|reply| CommitOp::PutChunk { id, entry, reply })
+            .await
     }
 
     /// Looks a chunk up in the index and checks the entry describes a place in the data area.
@@ -275,12 +298,17 @@ impl Disk {
         let Some(v) = self.db.get_pinned_cf(cf, id.0).map_err(index::index_err)? else {
             return Ok(None);
         };
-        let entry = ChunkEntry::decode(&v)
-            .ok_or(DiskError::Corrupt { chunk: id, what: "undecodable index entry" })?;
+        let entry = ChunkEntry::decode(&v).ok_or(DiskError::Corrupt {
+            chunk: id,
+            what: "undecodable index entry",
+        })?;
         let Extent { start, len } = commit::extent_of(&entry);
         let total = self.lock_alloc().total_blocks();
         if len > 0 && (start < RESERVED_BLOCKS || start.saturating_add(len) > total) {
-            return Err(DiskError::Corrupt { chunk: id, what: "index entry outside the data area" });
+            return Err(DiskError::Corrupt {
+                chunk: id,
+                what: "index entry outside the data area",
+            });
         }
         Ok(Some(entry))
     }
@@ -289,7 +317,9 @@ impl Disk {
     pub async fn get_chunk(&self, id: ChunkId) -> Result<Option<Bytes>> {
         let mut what = "checksum mismatch";
         for _ in 0..READ_ATTEMPTS {
-            let Some(entry) = self.lookup(id)? else { return Ok(None) };
+            let Some(entry) = self.lookup(id)? else {
+                return Ok(None);
+            };
             let buf = self
                 .io
                 .read(entry.offset, entry.blocks() as usize)
@@ -306,19 +336,25 @@ impl Disk {
 
     /// Deletes a chunk (absent is fine). `Ok` means the delete is durable.
     pub async fn delete_chunk(&self, id: ChunkId) -> Result<()> {
-        self.submit(|reply| CommitOp::DeleteChunk { id, reply }).await
+        self.submit(|reply| CommitOp::DeleteChunk { id, reply })
+            .await
     }
 
     pub fn has_chunk(&self, id: ChunkId) -> Result<bool> {
         let cf = index::cf(&self.db, CF_CHUNKS)?;
-        Ok(self.db.get_pinned_cf(cf, id.0).map_err(index::index_err)?.is_some())
+        Ok(self
+            .db
+            .get_pinned_cf(cf, id.0)
+            .map_err(index::index_err)?
+            .is_some())
     }
 
     /// Stores `rec` under `key` if it is strictly newer than what is stored (last writer wins).
     /// Returns whether it was stored; `Ok(true)` means durable.
     pub async fn put_record(&self, key: &[u8], rec: Record) -> Result<bool> {
         let key = key.to_vec();
-        self.submit(|reply| CommitOp::PutRecord { key, rec, reply }).await
+        self.submit(|reply| CommitOp::PutRecord { key, rec, reply })
+            .await
     }
 
     /// The record stored under `key`, tombstones included.
@@ -326,7 +362,9 @@ impl Disk {
         let cf = index::cf(&self.db, CF_RECORDS)?;
         match self.db.get_pinned_cf(cf, key).map_err(index::index_err)? {
             None => Ok(None),
-            Some(v) => index::decode_record(&v).map(Some).ok_or_else(|| index::corrupt_record(key)),
+            Some(v) => index::decode_record(&v)
+                .map(Some)
+                .ok_or_else(|| index::corrupt_record(key)),
         }
     }
 
@@ -343,7 +381,10 @@ impl Disk {
         if limit == 0 {
             return Ok(out);
         }
-        for item in self.db.iterator_cf(cf, IteratorMode::From(start, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(start, Direction::Forward))
+        {
             let (k, v) = item.map_err(index::index_err)?;
             if end.is_some_and(|end| &*k >= end) {
                 break;
@@ -360,7 +401,8 @@ impl Disk {
     /// Physically removes a record (no tombstone). `Ok` means durable.
     pub async fn remove_record(&self, key: &[u8]) -> Result<()> {
         let key = key.to_vec();
-        self.submit(|reply| CommitOp::RemoveRecord { key, reply }).await
+        self.submit(|reply| CommitOp::RemoveRecord { key, reply })
+            .await
     }
 
     pub fn usage(&self) -> DiskUsage {
@@ -398,6 +440,12 @@ impl Disk {
         }
     }
 
+    /// Where a chunk's bytes live in the data file: `(byte offset, length)`. For diagnostics and
+    /// repair tools; the location changes when the chunk is overwritten.
+    pub fn chunk_location(&self, id: ChunkId) -> Result<Option<(u64, u64)>> {
+        Ok(self.lookup(id)?.map(|e| (e.offset, u64::from(e.len))))
+    }
+
     /// Path of the data file or device.
     pub fn data_path(&self) -> &Path {
         &self.data_path
@@ -418,7 +466,11 @@ impl Drop for Disk {
 }
 
 fn verify(entry: &ChunkEntry, data: &[u8]) -> std::result::Result<(), &'static str> {
-    if data.chunks(BLOCK).zip(&entry.crcs).any(|(block, &crc)| crc32c::crc32c(block) != crc) {
+    if data
+        .chunks(BLOCK)
+        .zip(&entry.crcs)
+        .any(|(block, &crc)| crc32c::crc32c(block) != crc)
+    {
         return Err("crc32c mismatch");
     }
     if blake3::hash(data).as_bytes() != &entry.blake3 {
@@ -428,7 +480,8 @@ fn verify(entry: &ChunkEntry, data: &[u8]) -> std::result::Result<(), &'static s
 }
 
 fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let len =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     loop {
         // SAFETY: fallocate on a descriptor we own; no memory is passed.
         let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
@@ -439,7 +492,9 @@ fn preallocate(file: &File, len: u64) -> io::Result<()> {
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
             Some(libc::EOPNOTSUPP) => {
-                tracing::warn!("fallocate unsupported by the filesystem; extending the file instead");
+                tracing::warn!(
+                    "fallocate unsupported by the filesystem; extending the file instead"
+                );
                 return file.set_len(len as u64);
             }
             _ => return Err(e),

@@ -89,7 +89,7 @@ impl ChunkEntry {
         let blake3: [u8; 32] = b[13..45].try_into().ok()?;
         let rest = &b[CHUNK_HEADER..];
         if len as usize > strata_types::CHUNK_SIZE_BYTES_MAX
-            || offset % BLOCK as u64 != 0
+            || offset & (BLOCK as u64 - 1) != 0
             || rest.len() != 4 * blocks_for(len as usize)
         {
             return None;
@@ -98,7 +98,12 @@ impl ChunkEntry {
             .chunks_exact(4)
             .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Some(ChunkEntry { offset, len, blake3, crcs })
+        Some(ChunkEntry {
+            offset,
+            len,
+            blake3,
+            crcs,
+        })
     }
 }
 
@@ -130,7 +135,10 @@ pub(crate) fn decode_record(b: &[u8]) -> Option<Record> {
 }
 
 pub(crate) fn corrupt_record(key: &[u8]) -> DiskError {
-    DiskError::Index(format!("record {:?} has an undecodable value", String::from_utf8_lossy(key)))
+    DiskError::Index(format!(
+        "record {:?} has an undecodable value",
+        String::from_utf8_lossy(key)
+    ))
 }
 
 /// The disk's identity as recorded in the index; must match the data file's superblock.
@@ -213,9 +221,18 @@ mod tests {
     #[test]
     fn record_roundtrip_and_rejects_garbage() {
         for rec in [
-            Record { timestamp: 7, value: None },
-            Record { timestamp: u64::MAX, value: Some(vec![]) },
-            Record { timestamp: 1, value: Some(b"abc".to_vec()) },
+            Record {
+                timestamp: 7,
+                value: None,
+            },
+            Record {
+                timestamp: u64::MAX,
+                value: Some(vec![]),
+            },
+            Record {
+                timestamp: 1,
+                value: Some(b"abc".to_vec()),
+            },
         ] {
             assert_eq!(decode_record(&encode_record(&rec)), Some(rec));
         }
@@ -227,7 +244,10 @@ mod tests {
 
     #[test]
     fn superblock_roundtrip() {
-        let f = Format { instance: [3; 16], blocks: 12345 };
+        let f = Format {
+            instance: [3; 16],
+            blocks: 12345,
+        };
         let mut sb = encode_superblock(&f);
         assert_eq!(decode_superblock(&sb), Some(f.clone()));
         assert_eq!(Format::decode(&f.encode()), Some(f));

@@ -36,13 +36,22 @@ impl IoEngine {
     pub(crate) fn new(file: Arc<File>, force_syscall: bool) -> Self {
         if force_syscall {
             tracing::warn!("io_uring disabled by configuration; using pread/pwrite");
-            return IoEngine { file, backend: Backend::Syscall };
+            return IoEngine {
+                file,
+                backend: Backend::Syscall,
+            };
         }
         match RingHandle::start(file.clone()) {
-            Ok(ring) => IoEngine { file, backend: Backend::Uring(ring) },
+            Ok(ring) => IoEngine {
+                file,
+                backend: Backend::Uring(ring),
+            },
             Err(e) => {
                 tracing::warn!(error = %e, "io_uring unavailable; falling back to pread/pwrite");
-                IoEngine { file, backend: Backend::Syscall }
+                IoEngine {
+                    file,
+                    backend: Backend::Syscall,
+                }
             }
         }
     }
@@ -91,7 +100,9 @@ impl IoEngine {
     /// fdatasync of the data file, from a plain (non-async) thread.
     pub(crate) fn datasync_blocking(&self) -> io::Result<()> {
         match &self.backend {
-            Backend::Uring(ring) => ring.call_blocking(Op::Fsync, 0, AlignedBuf::zeroed(0)).map(drop),
+            Backend::Uring(ring) => ring
+                .call_blocking(Op::Fsync, 0, AlignedBuf::zeroed(0))
+                .map(drop),
             Backend::Syscall => retry_intr(|| self.file.sync_data()),
         }
     }
@@ -109,8 +120,11 @@ async fn blocking<T: Send + 'static>(
 fn retry_intr(mut f: impl FnMut() -> io::Result<()>) -> io::Result<()> {
     loop {
         match f() {
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {
-            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
             r => return r,
         }
     }
@@ -123,8 +137,11 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Resu
         match file.read_at(&mut buf[done..], offset + done as u64) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(n) => done += n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {
-            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
             Err(e) => return Err(e),
         }
     }
@@ -138,8 +155,11 @@ pub(crate) fn write_full_at(file: &File, buf: &[u8], offset: u64) -> io::Result<
         match file.write_at(&buf[done..], offset + done as u64) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => done += n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {
-            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
             Err(e) => return Err(e),
         }
     }
@@ -182,7 +202,11 @@ impl RingHandle {
         let thread = std::thread::Builder::new()
             .name("strata-disk-uring".into())
             .spawn(move || RingThread::new(ring, file, ring_wake, rx).run())?;
-        Ok(RingHandle { tx: Some(tx), wake, thread: Some(thread) })
+        Ok(RingHandle {
+            tx: Some(tx),
+            wake,
+            thread: Some(thread),
+        })
     }
 
     fn kick(&self) {
@@ -192,7 +216,14 @@ impl RingHandle {
     async fn call(&self, op: Op, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
         let tx = self.tx.as_ref().ok_or_else(closed)?;
         let (reply, rx) = oneshot::channel();
-        tx.send(Request { op, offset, buf, reply }).await.map_err(|_| closed())?;
+        tx.send(Request {
+            op,
+            offset,
+            buf,
+            reply,
+        })
+        .await
+        .map_err(|_| closed())?;
         self.kick();
         rx.await.map_err(|_| closed())?
     }
@@ -200,7 +231,13 @@ impl RingHandle {
     fn call_blocking(&self, op: Op, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
         let tx = self.tx.as_ref().ok_or_else(closed)?;
         let (reply, rx) = oneshot::channel();
-        tx.blocking_send(Request { op, offset, buf, reply }).map_err(|_| closed())?;
+        tx.blocking_send(Request {
+            op,
+            offset,
+            buf,
+            reply,
+        })
+        .map_err(|_| closed())?;
         self.kick();
         rx.blocking_recv().map_err(|_| closed())?
     }
@@ -252,7 +289,12 @@ struct RingThread {
 }
 
 impl RingThread {
-    fn new(ring: IoUring, file: Arc<File>, wake: Arc<OwnedFd>, rx: mpsc::Receiver<Request>) -> Self {
+    fn new(
+        ring: IoUring,
+        file: Arc<File>,
+        wake: Arc<OwnedFd>,
+        rx: mpsc::Receiver<Request>,
+    ) -> Self {
         RingThread {
             ring,
             file,
@@ -304,7 +346,9 @@ impl RingThread {
     fn start(&mut self, req: Request) {
         let Some(slot) = self.free.pop() else {
             // Cannot happen: requests are only taken while a slot is free.
-            let _ = req.reply.send(Err(io::Error::other("io_uring slots exhausted")));
+            let _ = req
+                .reply
+                .send(Err(io::Error::other("io_uring slots exhausted")));
             return;
         };
         self.slots[slot] = Some(InFlight {
@@ -320,7 +364,9 @@ impl RingThread {
 
     fn submit_slot(&mut self, slot: usize) {
         let fd = types::Fd(self.file.as_raw_fd());
-        let Some(f) = self.slots[slot].as_mut() else { return };
+        let Some(f) = self.slots[slot].as_mut() else {
+            return;
+        };
         let remaining = (f.buf.len() - f.done) as u32;
         let at = f.offset + f.done as u64;
         let entry = match f.op {
@@ -334,7 +380,9 @@ impl RingThread {
                 let ptr = unsafe { f.buf.as_ptr().add(f.done) };
                 opcode::Write::new(fd, ptr, remaining).offset(at).build()
             }
-            Op::Fsync => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+            Op::Fsync => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
         };
         self.push(entry.user_data(slot as u64));
     }
@@ -366,9 +414,8 @@ impl RingThread {
                 self.wake_armed = false;
                 let mut n: u64 = 0;
                 // SAFETY: reads 8 bytes into a live local from our non-blocking eventfd.
-                let _ = unsafe {
-                    libc::read(self.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8)
-                };
+                let _ =
+                    unsafe { libc::read(self.wake.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
                 continue;
             }
             self.complete(user_data as usize, res);
@@ -387,14 +434,14 @@ impl RingThread {
                 self.submit_slot(slot);
                 return;
             }
-            Some(Err(io::Error::from_raw_os_error(errno)))
+            Some(io::Error::from_raw_os_error(errno))
         } else if f.op == Op::Fsync {
             None
         } else if res == 0 {
-            Some(Err(match f.op {
+            Some(match f.op {
                 Op::Read => io::Error::from(io::ErrorKind::UnexpectedEof),
                 _ => io::Error::from(io::ErrorKind::WriteZero),
-            }))
+            })
         } else {
             f.done += res as usize;
             if f.done < f.buf.len() {
@@ -408,8 +455,8 @@ impl RingThread {
             self.free.push(slot);
             self.in_flight -= 1;
             let _ = f.reply.send(match outcome {
-                Some(Err(e)) => Err(e),
-                _ => Ok(f.buf),
+                Some(e) => Err(e),
+                None => Ok(f.buf),
             });
         }
     }

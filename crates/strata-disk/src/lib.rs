@@ -31,7 +31,10 @@ use strata_types::ChunkId;
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
     #[error("io error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("rocksdb: {0}")]
     Index(String),
     #[error("chunk {chunk:?} is corrupt: {what}")]

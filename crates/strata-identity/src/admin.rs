@@ -8,7 +8,7 @@ use crate::{Identity, IdentityError};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{self, get};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -24,14 +24,22 @@ pub(crate) fn routes() -> Router<Arc<Identity>> {
         .route("/v3/domains", get(list_domains))
         .route("/v3/domains/:id", get(get_domain))
         .route("/v3/projects", get(list_projects).post(create_project))
-        .route("/v3/projects/:id", get(get_project).patch(update_project).delete(delete_project))
-        .route("/v3/projects/:p/users/:u/roles", get(list_grants))
         .route(
-            "/v3/projects/:p/users/:u/roles/:r",
-            put(grant).head(check_grant).delete(revoke_grant),
+            "/v3/projects/:id",
+            get(get_project)
+                .patch(update_project)
+                .delete(delete_project),
+        )
+        .route("/v3/projects/:id/users/:uid/roles", get(list_grants))
+        .route(
+            "/v3/projects/:id/users/:uid/roles/:rid",
+            routing::put(grant).head(check_grant).delete(revoke_grant),
         )
         .route("/v3/users", get(list_users).post(create_user))
-        .route("/v3/users/:id", get(get_user).patch(update_user).delete(delete_user))
+        .route(
+            "/v3/users/:id",
+            get(get_user).patch(update_user).delete(delete_user),
+        )
         .route("/v3/users/:id/projects", get(user_projects))
         .route("/v3/roles", get(list_roles).post(create_role))
         .route("/v3/roles/:id", get(get_role).delete(delete_role))
@@ -136,7 +144,10 @@ fn user_json(id: &Identity, u: &UserRec) -> Value {
     if let Some(d) = &u.description {
         m.insert("description".into(), json!(d));
     }
-    m.insert("links".into(), json!({"self": format!("{}/users/{}", v3(id), u.id)}));
+    m.insert(
+        "links".into(),
+        json!({"self": format!("{}/users/{}", v3(id), u.id)}),
+    );
     Value::Object(m)
 }
 
@@ -152,7 +163,12 @@ fn role_json(id: &Identity, r: &RoleRec) -> Value {
 }
 
 fn bool_filter(q: &HashMap<String, String>, key: &str) -> Option<bool> {
-    q.get(key).map(|v| !matches!(v.to_ascii_lowercase().as_str(), "false" | "0" | "no" | "off"))
+    q.get(key).map(|v| {
+        !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "false" | "0" | "no" | "off"
+        )
+    })
 }
 
 // ---- domains ----
@@ -166,11 +182,16 @@ async fn list_domains(State(id): St, Query(q): Q, headers: HeaderMap) -> Res {
         .await?
         .into_iter()
         .map(|(_, d)| d)
-        .filter(|d| q.get("name").map_or(true, |n| d.name.eq_ignore_ascii_case(n)))
-        .filter(|d| enabled.map_or(true, |e| d.enabled == e))
+        .filter(|d| q.get("name").is_none_or(|n| d.name.eq_ignore_ascii_case(n)))
+        .filter(|d| enabled.is_none_or(|e| d.enabled == e))
         .map(|d| domain_json(&id, &d))
         .collect();
-    Ok(list_json(&id, "domains", items, &format!("{}/domains", v3(&id))))
+    Ok(list_json(
+        &id,
+        "domains",
+        items,
+        &format!("{}/domains", v3(&id)),
+    ))
 }
 
 async fn get_domain(State(id): St, Path(did): Path<String>, headers: HeaderMap) -> Res {
@@ -179,7 +200,11 @@ async fn get_domain(State(id): St, Path(did): Path<String>, headers: HeaderMap) 
     if !own && !is_admin(&me) {
         return Err(forbidden("get_domain"));
     }
-    let d = id.store.domain(&did).await?.ok_or_else(|| not_found("domain", &did))?;
+    let d = id
+        .store
+        .domain(&did)
+        .await?
+        .ok_or_else(|| not_found("domain", &did))?;
     Ok(one("domain", domain_json(&id, &d), StatusCode::OK))
 }
 
@@ -206,11 +231,18 @@ async fn create_project(State(id): St, headers: HeaderMap, Json(b): Json<Project
     let p = b.project;
     let name = check_name("project", p.name.as_deref())?;
     if p.is_domain == Some(true) {
-        return Err(IdentityError::BadRequest("Projects acting as domains are not supported.".into()));
+        return Err(IdentityError::BadRequest(
+            "Projects acting as domains are not supported.".into(),
+        ));
     }
-    let domain_id = p.domain_id.clone().unwrap_or_else(|| DEFAULT_DOMAIN.to_string());
+    let domain_id = p
+        .domain_id
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DOMAIN.to_string());
     if id.store.domain(&domain_id).await?.is_none() {
-        return Err(IdentityError::BadRequest(format!("Could not find domain: {domain_id}.")));
+        return Err(IdentityError::BadRequest(format!(
+            "Could not find domain: {domain_id}."
+        )));
     }
     if let Some(parent) = p.parent_id.as_deref().filter(|x| *x != domain_id) {
         return Err(IdentityError::BadRequest(format!(
@@ -230,7 +262,10 @@ async fn create_project(State(id): St, headers: HeaderMap, Json(b): Json<Project
         .store
         .write(
             vec![absent(PROJECT_NAMES, &nkey), present(DOMAINS, &domain_id)],
-            vec![put(PROJECTS, &rec.id, &rec), put(PROJECT_NAMES, &nkey, &rec.id)],
+            vec![
+                put(PROJECTS, &rec.id, &rec),
+                put(PROJECT_NAMES, &nkey, &rec.id),
+            ],
         )
         .await?;
     if !ok {
@@ -248,13 +283,18 @@ async fn list_projects(State(id): St, Query(q): Q, headers: HeaderMap) -> Res {
         .await?
         .into_iter()
         .map(|(_, p)| p)
-        .filter(|p| q.get("name").map_or(true, |n| &p.name == n))
-        .filter(|p| q.get("domain_id").map_or(true, |d| &p.domain_id == d))
-        .filter(|p| q.get("parent_id").map_or(true, |d| &p.domain_id == d))
-        .filter(|p| enabled.map_or(true, |e| p.enabled == e))
+        .filter(|p| q.get("name").is_none_or(|n| &p.name == n))
+        .filter(|p| q.get("domain_id").is_none_or(|d| &p.domain_id == d))
+        .filter(|p| q.get("parent_id").is_none_or(|d| &p.domain_id == d))
+        .filter(|p| enabled.is_none_or(|e| p.enabled == e))
         .map(|p| project_json(&id, &p))
         .collect();
-    Ok(list_json(&id, "projects", items, &format!("{}/projects", v3(&id))))
+    Ok(list_json(
+        &id,
+        "projects",
+        items,
+        &format!("{}/projects", v3(&id)),
+    ))
 }
 
 async fn get_project(State(id): St, Path(pid): Path<String>, headers: HeaderMap) -> Res {
@@ -262,7 +302,11 @@ async fn get_project(State(id): St, Path(pid): Path<String>, headers: HeaderMap)
     if !is_admin(&me) && me.project.as_ref().map(|p| p.id.as_str()) != Some(pid.as_str()) {
         return Err(forbidden("get_project"));
     }
-    let p = id.store.project(&pid).await?.ok_or_else(|| not_found("project", &pid))?;
+    let p = id
+        .store
+        .project(&pid)
+        .await?
+        .ok_or_else(|| not_found("project", &pid))?;
     Ok(one("project", project_json(&id, &p), StatusCode::OK))
 }
 
@@ -281,7 +325,9 @@ async fn update_project(
             .await?
             .ok_or_else(|| not_found("project", &pid))?;
         if p.domain_id.as_ref().is_some_and(|d| *d != rec.domain_id) {
-            return Err(IdentityError::BadRequest("Cannot change a project's domain.".into()));
+            return Err(IdentityError::BadRequest(
+                "Cannot change a project's domain.".into(),
+            ));
         }
         let mut checks = vec![equals(PROJECTS, &pid, raw)];
         let mut ops = Vec::new();
@@ -312,17 +358,28 @@ async fn update_project(
         if id.store.write(checks, ops).await? {
             return Ok(one("project", project_json(&id, &rec), StatusCode::OK));
         }
-        let taken = id.store.get_id(PROJECT_NAMES, &scoped_name_key(&rec.domain_id, &rec.name));
-        if taken.await?.is_some_and(|other| other != pid) {
+        let name_key = scoped_name_key(&rec.domain_id, &rec.name);
+        if id
+            .store
+            .get_id(PROJECT_NAMES, &name_key)
+            .await?
+            .is_some_and(|other| other != pid)
+        {
             return Err(duplicate("project", &rec.name));
         }
     }
-    Err(IdentityError::Conflict(format!("Concurrent updates of project {pid}; try again.")))
+    Err(IdentityError::Conflict(format!(
+        "Concurrent updates of project {pid}; try again."
+    )))
 }
 
 async fn delete_project(State(id): St, Path(pid): Path<String>, headers: HeaderMap) -> Res {
     require_admin(&id, &headers, "delete_project").await?;
-    let p = id.store.project(&pid).await?.ok_or_else(|| not_found("project", &pid))?;
+    let p = id
+        .store
+        .project(&pid)
+        .await?
+        .ok_or_else(|| not_found("project", &pid))?;
     let mut ops = vec![
         del(PROJECTS, &pid),
         del(PROJECT_NAMES, &scoped_name_key(&p.domain_id, &p.name)),
@@ -365,9 +422,17 @@ async fn user_projects(State(id): St, Path(uid): Path<String>, headers: HeaderMa
     if me.user_id != uid && !is_admin(&me) {
         return Err(forbidden("list_user_projects"));
     }
-    id.store.user(&uid).await?.ok_or_else(|| not_found("user", &uid))?;
+    id.store
+        .user(&uid)
+        .await?
+        .ok_or_else(|| not_found("user", &uid))?;
     let items = projects_of_user(&id, &uid).await?;
-    Ok(list_json(&id, "projects", items, &format!("{}/users/{uid}/projects", v3(&id))))
+    Ok(list_json(
+        &id,
+        "projects",
+        items,
+        &format!("{}/users/{uid}/projects", v3(&id)),
+    ))
 }
 
 // ---- users ----
@@ -402,9 +467,14 @@ async fn create_user(State(id): St, headers: HeaderMap, Json(b): Json<UserBody>)
     require_admin(&id, &headers, "create_user").await?;
     let u = b.user;
     let name = check_name("user", u.name.as_deref())?;
-    let domain_id = u.domain_id.clone().unwrap_or_else(|| DEFAULT_DOMAIN.to_string());
+    let domain_id = u
+        .domain_id
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DOMAIN.to_string());
     if id.store.domain(&domain_id).await?.is_none() {
-        return Err(IdentityError::BadRequest(format!("Could not find domain: {domain_id}.")));
+        return Err(IdentityError::BadRequest(format!(
+            "Could not find domain: {domain_id}."
+        )));
     }
     let rec = UserRec {
         id: new_id(),
@@ -439,12 +509,17 @@ async fn list_users(State(id): St, Query(q): Q, headers: HeaderMap) -> Res {
         .await?
         .into_iter()
         .map(|(_, u)| u)
-        .filter(|u| q.get("name").map_or(true, |n| &u.name == n))
-        .filter(|u| q.get("domain_id").map_or(true, |d| &u.domain_id == d))
-        .filter(|u| enabled.map_or(true, |e| u.enabled == e))
+        .filter(|u| q.get("name").is_none_or(|n| &u.name == n))
+        .filter(|u| q.get("domain_id").is_none_or(|d| &u.domain_id == d))
+        .filter(|u| enabled.is_none_or(|e| u.enabled == e))
         .map(|u| user_json(&id, &u))
         .collect();
-    Ok(list_json(&id, "users", items, &format!("{}/users", v3(&id))))
+    Ok(list_json(
+        &id,
+        "users",
+        items,
+        &format!("{}/users", v3(&id)),
+    ))
 }
 
 async fn get_user(State(id): St, Path(uid): Path<String>, headers: HeaderMap) -> Res {
@@ -452,7 +527,11 @@ async fn get_user(State(id): St, Path(uid): Path<String>, headers: HeaderMap) ->
     if me.user_id != uid && !is_admin(&me) {
         return Err(forbidden("get_user"));
     }
-    let u = id.store.user(&uid).await?.ok_or_else(|| not_found("user", &uid))?;
+    let u = id
+        .store
+        .user(&uid)
+        .await?
+        .ok_or_else(|| not_found("user", &uid))?;
     Ok(one("user", user_json(&id, &u), StatusCode::OK))
 }
 
@@ -466,10 +545,15 @@ async fn update_user(
     let u = b.user;
     let new_hash = u.password.as_deref().map(crate::password::hash_password);
     for _ in 0..5 {
-        let (mut rec, raw) =
-            id.store.get_raw::<UserRec>(USERS, &uid).await?.ok_or_else(|| not_found("user", &uid))?;
+        let (mut rec, raw) = id
+            .store
+            .get_raw::<UserRec>(USERS, &uid)
+            .await?
+            .ok_or_else(|| not_found("user", &uid))?;
         if u.domain_id.as_ref().is_some_and(|d| *d != rec.domain_id) {
-            return Err(IdentityError::BadRequest("Cannot change a user's domain.".into()));
+            return Err(IdentityError::BadRequest(
+                "Cannot change a user's domain.".into(),
+            ));
         }
         let mut checks = vec![equals(USERS, &uid, raw)];
         let mut ops = Vec::new();
@@ -509,17 +593,28 @@ async fn update_user(
         if id.store.write(checks, ops).await? {
             return Ok(one("user", user_json(&id, &rec), StatusCode::OK));
         }
-        let taken = id.store.get_id(USER_NAMES, &scoped_name_key(&rec.domain_id, &rec.name));
-        if taken.await?.is_some_and(|other| other != uid) {
+        let name_key = scoped_name_key(&rec.domain_id, &rec.name);
+        if id
+            .store
+            .get_id(USER_NAMES, &name_key)
+            .await?
+            .is_some_and(|other| other != uid)
+        {
             return Err(duplicate("user", &rec.name));
         }
     }
-    Err(IdentityError::Conflict(format!("Concurrent updates of user {uid}; try again.")))
+    Err(IdentityError::Conflict(format!(
+        "Concurrent updates of user {uid}; try again."
+    )))
 }
 
 async fn delete_user(State(id): St, Path(uid): Path<String>, headers: HeaderMap) -> Res {
     require_admin(&id, &headers, "delete_user").await?;
-    let u = id.store.user(&uid).await?.ok_or_else(|| not_found("user", &uid))?;
+    let u = id
+        .store
+        .user(&uid)
+        .await?
+        .ok_or_else(|| not_found("user", &uid))?;
     let mut ops = vec![
         del(USERS, &uid),
         del(USER_NAMES, &scoped_name_key(&u.domain_id, &u.name)),
@@ -554,9 +649,15 @@ async fn create_role(State(id): St, headers: HeaderMap, Json(b): Json<RoleBody>)
     require_admin(&id, &headers, "create_role").await?;
     let name = check_name("role", b.role.name.as_deref())?;
     if b.role.domain_id.is_some() {
-        return Err(IdentityError::BadRequest("Domain specific roles are not supported.".into()));
+        return Err(IdentityError::BadRequest(
+            "Domain specific roles are not supported.".into(),
+        ));
     }
-    let rec = RoleRec { id: new_id(), name: name.clone(), description: b.role.description };
+    let rec = RoleRec {
+        id: new_id(),
+        name: name.clone(),
+        description: b.role.description,
+    };
     let nkey = folded_name_key(&name);
     let ok = id
         .store
@@ -579,26 +680,42 @@ async fn list_roles(State(id): St, Query(q): Q, headers: HeaderMap) -> Res {
         .await?
         .into_iter()
         .map(|(_, r)| r)
-        .filter(|r| q.get("name").map_or(true, |n| r.name.eq_ignore_ascii_case(n)))
+        .filter(|r| q.get("name").is_none_or(|n| r.name.eq_ignore_ascii_case(n)))
         .map(|r| role_json(&id, &r))
         .collect();
-    Ok(list_json(&id, "roles", items, &format!("{}/roles", v3(&id))))
+    Ok(list_json(
+        &id,
+        "roles",
+        items,
+        &format!("{}/roles", v3(&id)),
+    ))
 }
 
 async fn get_role(State(id): St, Path(rid): Path<String>, headers: HeaderMap) -> Res {
     require_admin(&id, &headers, "get_role").await?;
-    let r = id.store.role(&rid).await?.ok_or_else(|| not_found("role", &rid))?;
+    let r = id
+        .store
+        .role(&rid)
+        .await?
+        .ok_or_else(|| not_found("role", &rid))?;
     Ok(one("role", role_json(&id, &r), StatusCode::OK))
 }
 
 async fn delete_role(State(id): St, Path(rid): Path<String>, headers: HeaderMap) -> Res {
     require_admin(&id, &headers, "delete_role").await?;
-    let r = id.store.role(&rid).await?.ok_or_else(|| not_found("role", &rid))?;
+    let r = id
+        .store
+        .role(&rid)
+        .await?
+        .ok_or_else(|| not_found("role", &rid))?;
     let mut ops = vec![del(ROLES, &rid), del(ROLE_NAMES, &folded_name_key(&r.name))];
     for a in id.store.assignments(None).await? {
         if a.role_id == rid {
             ops.push(del(ASSIGNMENTS, &a.key()));
-            ops.push(Identity::revoke_op(&format!("grant/{}/{}", a.user_id, a.project_id)));
+            ops.push(Identity::revoke_op(&format!(
+                "grant/{}/{}",
+                a.user_id, a.project_id
+            )));
         }
     }
     if !id.store.write(vec![present(ROLES, &rid)], ops).await? {
@@ -616,15 +733,27 @@ async fn grant(
 ) -> Res {
     require_admin(&id, &headers, "create_grant").await?;
     let key = assignment_key(&p, &u, &r);
-    let checks = vec![present(PROJECTS, &p), present(USERS, &u), present(ROLES, &r)];
-    if !id.store.write(checks, vec![put(ASSIGNMENTS, &key, &())]).await? {
+    let checks = vec![
+        present(PROJECTS, &p),
+        present(USERS, &u),
+        present(ROLES, &r),
+    ];
+    if !id
+        .store
+        .write(checks, vec![put(ASSIGNMENTS, &key, &())])
+        .await?
+    {
         return Err(missing_of(&id, &p, &u, &r).await);
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn missing_of(id: &Identity, p: &str, u: &str, r: &str) -> IdentityError {
-    match (id.store.project(p).await, id.store.user(u).await, id.store.role(r).await) {
+    match (
+        id.store.project(p).await,
+        id.store.user(u).await,
+        id.store.role(r).await,
+    ) {
         (Ok(None), _, _) => not_found("project", p),
         (_, Ok(None), _) => not_found("user", u),
         (_, _, Ok(None)) => not_found("role", r),
@@ -639,7 +768,12 @@ async fn check_grant(
     headers: HeaderMap,
 ) -> Res {
     require_admin(&id, &headers, "check_grant").await?;
-    match id.store.meta.get(ASSIGNMENTS, &assignment_key(&p, &u, &r)).await? {
+    match id
+        .store
+        .meta
+        .get(ASSIGNMENTS, &assignment_key(&p, &u, &r))
+        .await?
+    {
         Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         None => Err(missing_grant(&p, &u, &r)),
     }
@@ -659,8 +793,15 @@ async fn revoke_grant(
 ) -> Res {
     require_admin(&id, &headers, "revoke_grant").await?;
     let key = assignment_key(&p, &u, &r);
-    let ops = vec![del(ASSIGNMENTS, &key), Identity::revoke_op(&format!("grant/{u}/{p}"))];
-    if !id.store.write(vec![present(ASSIGNMENTS, &key)], ops).await? {
+    let ops = vec![
+        del(ASSIGNMENTS, &key),
+        Identity::revoke_op(&format!("grant/{u}/{p}")),
+    ];
+    if !id
+        .store
+        .write(vec![present(ASSIGNMENTS, &key)], ops)
+        .await?
+    {
         return Err(missing_grant(&p, &u, &r));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -672,8 +813,14 @@ async fn list_grants(
     headers: HeaderMap,
 ) -> Res {
     require_admin(&id, &headers, "list_grants").await?;
-    id.store.project(&p).await?.ok_or_else(|| not_found("project", &p))?;
-    id.store.user(&u).await?.ok_or_else(|| not_found("user", &u))?;
+    id.store
+        .project(&p)
+        .await?
+        .ok_or_else(|| not_found("project", &p))?;
+    id.store
+        .user(&u)
+        .await?
+        .ok_or_else(|| not_found("user", &u))?;
     let mut items = Vec::new();
     for rid in id.store.role_ids_on(&p, &u).await? {
         if let Some(r) = id.store.role(&rid).await? {
@@ -711,8 +858,13 @@ async fn list_assignments(State(id): St, Query(q): Q, headers: HeaderMap) -> Res
                 proj["domain"] = json!({"id": p.domain_id});
             }
         }
-        let link =
-            format!("{}/projects/{}/users/{}/roles/{}", v3(&id), a.project_id, a.user_id, a.role_id);
+        let link = format!(
+            "{}/projects/{}/users/{}/roles/{}",
+            v3(&id),
+            a.project_id,
+            a.user_id,
+            a.role_id
+        );
         items.push(json!({
             "role": role,
             "user": user,
@@ -720,5 +872,10 @@ async fn list_assignments(State(id): St, Query(q): Q, headers: HeaderMap) -> Res
             "links": {"assignment": link},
         }));
     }
-    Ok(list_json(&id, "role_assignments", items, &format!("{}/role_assignments", v3(&id))))
+    Ok(list_json(
+        &id,
+        "role_assignments",
+        items,
+        &format!("{}/role_assignments", v3(&id)),
+    ))
 }

@@ -52,8 +52,16 @@ impl CatalogConfig {
             ("object-store", "swift", self.storage_url(project_id)),
             ("volumev2", "cinderv2", format!("{volume}/v2/{project_id}")),
             ("volumev3", "cinderv3", format!("{volume}/v3/{project_id}")),
-            ("block-storage", "cinder", format!("{volume}/v3/{project_id}")),
-            ("compute", "nova", format!("{}/v2.1", base(&self.compute_url))),
+            (
+                "block-storage",
+                "cinder",
+                format!("{volume}/v3/{project_id}"),
+            ),
+            (
+                "compute",
+                "nova",
+                format!("{}/v2.1", base(&self.compute_url)),
+            ),
             ("image", "glance", base(&self.image_url).to_string()),
         ]
     }
@@ -115,8 +123,14 @@ mod tests {
         assert_eq!(swift["endpoints"][0]["url"], "http://h:8080/v1/AUTH_p1");
         assert_eq!(swift["endpoints"][0]["region_id"], "RegionOne");
         assert_eq!(find("identity")["endpoints"][1]["url"], "http://h:5000/v3");
-        assert_eq!(find("volumev3")["endpoints"][2]["url"], "http://h:8776/v3/p1");
-        assert_eq!(find("volumev2")["endpoints"][0]["url"], "http://h:8776/v2/p1");
+        assert_eq!(
+            find("volumev3")["endpoints"][2]["url"],
+            "http://h:8776/v3/p1"
+        );
+        assert_eq!(
+            find("volumev2")["endpoints"][0]["url"],
+            "http://h:8776/v2/p1"
+        );
         assert_eq!(find("compute")["endpoints"][0]["url"], "http://h:8774/v2.1");
         assert_eq!(find("image")["endpoints"][0]["url"], "http://h:9292");
         // Ids are stable and distinct.

@@ -21,7 +21,10 @@ pub(crate) fn router(id: Arc<Identity>) -> Router {
         .route("/", get(root))
         .route("/v3", get(version))
         .route("/v3/", get(version))
-        .route("/v3/auth/tokens", get(check_token).post(issue_token).delete(revoke_token))
+        .route(
+            "/v3/auth/tokens",
+            get(check_token).post(issue_token).delete(revoke_token),
+        )
         .route("/v3/auth/projects", get(auth_projects))
         .route("/v3/auth/catalog", get(auth_catalog))
         .merge(admin::routes())
@@ -67,8 +70,8 @@ pub(crate) async fn caller(
     id: &Identity,
     headers: &HeaderMap,
 ) -> Result<TokenPayload, IdentityError> {
-    let token = auth_token(headers)
-        .ok_or_else(|| IdentityError::Unauthorized("no X-Auth-Token".into()))?;
+    let token =
+        auth_token(headers).ok_or_else(|| IdentityError::Unauthorized("no X-Auth-Token".into()))?;
     id.validate_payload(token).await
 }
 
@@ -165,7 +168,9 @@ fn parse_scope(v: Option<Value>) -> Result<Scope, IdentityError> {
                 }
                 Ok(Scope::Project(p))
             } else if m.contains_key("domain") || m.contains_key("system") {
-                Err(IdentityError::Unauthorized("only project scope is supported".into()))
+                Err(IdentityError::Unauthorized(
+                    "only project scope is supported".into(),
+                ))
             } else {
                 Err(bad("Invalid scope."))
             }
@@ -181,7 +186,11 @@ pub(crate) async fn resolve_domain(
 ) -> Result<Option<DomainRec>, IdentityError> {
     match d {
         None => id.store.domain(DEFAULT_DOMAIN).await,
-        Some(d) => id.store.domain_by_ref(d.id.as_deref(), d.name.as_deref()).await,
+        Some(d) => {
+            id.store
+                .domain_by_ref(d.id.as_deref(), d.name.as_deref())
+                .await
+        }
     }
 }
 
@@ -198,7 +207,9 @@ async fn password_user(id: &Identity, u: &UserRef) -> Result<UserRec, IdentityEr
         }
         id.store.user_by_name(&domain.id, name).await?
     } else {
-        return Err(IdentityError::BadRequest("User requires an id or a name.".into()));
+        return Err(IdentityError::BadRequest(
+            "User requires an id or a name.".into(),
+        ));
     };
     let user = user.ok_or_else(|| unauth("unknown user".into()))?;
     let password = u.password.as_deref().unwrap_or("");
@@ -216,7 +227,9 @@ async fn issue_token(
     Query(q): Q,
     Json(req): Json<AuthRequest>,
 ) -> Result<Response, Fault> {
-    let r = authenticate(&id, req.auth).await.map_err(|e| fault(&id, e))?;
+    let r = authenticate(&id, req.auth)
+        .await
+        .map_err(|e| fault(&id, e))?;
     let (token, payload) = r;
     let body = token_json(&id, &payload, !q.contains_key("nocatalog")).await;
     let mut resp = (StatusCode::CREATED, axum::Json(body)).into_response();
@@ -249,7 +262,9 @@ async fn authenticate(
             .ok_or_else(|| IdentityError::Unauthorized("token user gone or disabled".into()))?;
         (user, Some(parent), "token")
     } else {
-        return Err(IdentityError::Unauthorized(format!("unsupported methods {methods:?}")));
+        return Err(IdentityError::Unauthorized(format!(
+            "unsupported methods {methods:?}"
+        )));
     };
     let methods = match &parent {
         Some(p) => {
@@ -271,7 +286,9 @@ async fn authenticate(
                 let domain = resolve_domain(id, p.domain.as_ref())
                     .await?
                     .ok_or_else(|| IdentityError::Unauthorized("unknown project domain".into()))?;
-                id.store.project_by_name(&domain.id, p.name.as_deref().unwrap_or("")).await?
+                id.store
+                    .project_by_name(&domain.id, p.name.as_deref().unwrap_or(""))
+                    .await?
             };
             let project = project
                 .ok_or_else(|| IdentityError::Unauthorized("unknown scope project".into()))?;
@@ -376,7 +393,9 @@ async fn check_token(
     Query(q): Q,
     headers: HeaderMap,
 ) -> Result<Response, Fault> {
-    let (_, sub, token) = caller_and_subject(&id, &headers).await.map_err(|e| fault(&id, e))?;
+    let (_, sub, token) = caller_and_subject(&id, &headers)
+        .await
+        .map_err(|e| fault(&id, e))?;
     if method == axum::http::Method::HEAD {
         return Ok(StatusCode::OK.into_response());
     }
@@ -392,7 +411,9 @@ async fn revoke_token(
     State(id): State<Arc<Identity>>,
     headers: HeaderMap,
 ) -> Result<StatusCode, Fault> {
-    let (_, _, token) = caller_and_subject(&id, &headers).await.map_err(|e| fault(&id, e))?;
+    let (_, _, token) = caller_and_subject(&id, &headers)
+        .await
+        .map_err(|e| fault(&id, e))?;
     id.revoke(&token).await.map_err(|e| fault(&id, e))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -402,7 +423,9 @@ async fn auth_projects(
     headers: HeaderMap,
 ) -> Result<Response, Fault> {
     let me = caller(&id, &headers).await.map_err(|e| fault(&id, e))?;
-    let projects = admin::projects_of_user(&id, &me.user_id).await.map_err(|e| fault(&id, e))?;
+    let projects = admin::projects_of_user(&id, &me.user_id)
+        .await
+        .map_err(|e| fault(&id, e))?;
     let url = format!("{}/auth/projects", id.catalog.identity_v3());
     Ok(admin::list_json(&id, "projects", projects, &url))
 }

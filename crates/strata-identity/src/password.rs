@@ -22,15 +22,23 @@ pub fn hash_password(password: &str) -> String {
 fn hash_with(password: &str, salt: &[u8], iterations: u32) -> String {
     let mut out = [0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut out);
-    format!("{SCHEME}${iterations}${}${}", B64.encode(salt), B64.encode(out))
+    format!(
+        "{SCHEME}${iterations}${}${}",
+        B64.encode(salt),
+        B64.encode(out)
+    )
 }
 
 /// Whether `password` matches `stored` (constant time in the hash comparison).
 pub fn verify_password(password: &str, stored: &str) -> bool {
     let mut parts = stored.split('$');
-    let (Some(SCHEME), Some(iter), Some(salt), Some(hash), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(SCHEME), Some(iter), Some(salt), Some(hash), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return false;
     };
     let (Ok(iterations), Ok(salt), Ok(expected)) =
@@ -43,7 +51,10 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     }
     let mut out = vec![0u8; expected.len()];
     pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), &salt, iterations, &mut out);
-    out.iter().zip(expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    out.iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 /// Remembers recent successful verifications so that repeated logins of the same user

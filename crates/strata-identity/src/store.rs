@@ -93,7 +93,11 @@ impl Assignment {
         let (Some(p), Some(u), Some(r), None) = (it.next(), it.next(), it.next(), it.next()) else {
             return None;
         };
-        Some(Assignment { project_id: p.into(), user_id: u.into(), role_id: r.into() })
+        Some(Assignment {
+            project_id: p.into(),
+            user_id: u.into(),
+            role_id: r.into(),
+        })
     }
 }
 
@@ -120,27 +124,40 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub fn put<T: Serialize>(table: &str, key: &str, v: &T) -> Op {
-    Op::Put { table: table.into(), key: key.into(), value: encode(v) }
-}
-
-pub fn put_raw(table: &str, key: &str, value: Vec<u8>) -> Op {
-    Op::Put { table: table.into(), key: key.into(), value }
+    Op::Put {
+        table: table.into(),
+        key: key.into(),
+        value: encode(v),
+    }
 }
 
 pub fn del(table: &str, key: &str) -> Op {
-    Op::Delete { table: table.into(), key: key.into() }
+    Op::Delete {
+        table: table.into(),
+        key: key.into(),
+    }
 }
 
 pub fn absent(table: &str, key: &str) -> Check {
-    Check::Absent { table: table.into(), key: key.into() }
+    Check::Absent {
+        table: table.into(),
+        key: key.into(),
+    }
 }
 
 pub fn present(table: &str, key: &str) -> Check {
-    Check::Present { table: table.into(), key: key.into() }
+    Check::Present {
+        table: table.into(),
+        key: key.into(),
+    }
 }
 
 pub fn equals(table: &str, key: &str, value: Vec<u8>) -> Check {
-    Check::Equals { table: table.into(), key: key.into(), value }
+    Check::Equals {
+        table: table.into(),
+        key: key.into(),
+        value,
+    }
 }
 
 /// Typed access to the identity tables.
@@ -183,7 +200,9 @@ impl Store {
 
     /// This node's view of one record.
     pub fn get_local<T: DeserializeOwned>(&self, table: &str, key: &str) -> Option<T> {
-        self.meta.get_local(table, key).and_then(|v| serde_json::from_slice(&v).ok())
+        self.meta
+            .get_local(table, key)
+            .and_then(|v| serde_json::from_slice(&v).ok())
     }
 
     /// Linearizable read of a name index entry (an id).
@@ -200,7 +219,10 @@ impl Store {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self.meta.scan(table, prefix, after.as_deref(), PAGE).await?;
+            let page = self
+                .meta
+                .scan(table, prefix, after.as_deref(), PAGE)
+                .await?;
             let n = page.len();
             for (k, v) in page {
                 let rec = decode(table, &k, &v)?;
@@ -218,7 +240,10 @@ impl Store {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self.meta.scan(table, prefix, after.as_deref(), PAGE).await?;
+            let page = self
+                .meta
+                .scan(table, prefix, after.as_deref(), PAGE)
+                .await?;
             let n = page.len();
             for (k, _) in page {
                 after = Some(k.clone());
@@ -303,7 +328,10 @@ impl Store {
         domain_id: &str,
         name: &str,
     ) -> Result<Option<ProjectRec>, IdentityError> {
-        match self.get_id(PROJECT_NAMES, &scoped_name_key(domain_id, name)).await? {
+        match self
+            .get_id(PROJECT_NAMES, &scoped_name_key(domain_id, name))
+            .await?
+        {
             Some(id) => self.project(&id).await,
             None => Ok(None),
         }
@@ -314,7 +342,10 @@ impl Store {
         domain_id: &str,
         name: &str,
     ) -> Result<Option<UserRec>, IdentityError> {
-        match self.get_id(USER_NAMES, &scoped_name_key(domain_id, name)).await? {
+        match self
+            .get_id(USER_NAMES, &scoped_name_key(domain_id, name))
+            .await?
+        {
             Some(id) => self.user(&id).await,
             None => Ok(None),
         }
@@ -329,6 +360,7 @@ impl Store {
 
     /// Whether a revocation record of `key` covers a token issued at `issued_us`.
     pub fn revoked_local(&self, key: &str, issued_us: i64) -> bool {
-        self.get_local::<Revocation>(REVOCATIONS, key).is_some_and(|r| issued_us <= r.at_us)
+        self.get_local::<Revocation>(REVOCATIONS, key)
+            .is_some_and(|r| issued_us <= r.at_us)
     }
 }

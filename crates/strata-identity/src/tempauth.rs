@@ -53,10 +53,11 @@ async fn issue(id: &Identity, headers: &HeaderMap) -> Result<Response, IdentityE
     let unauth = |m: &str| IdentityError::Unauthorized(m.to_string());
     let user = header(headers, &["x-auth-user", "x-storage-user"])
         .ok_or_else(|| unauth("no X-Auth-User"))?;
-    let key =
-        header(headers, &["x-auth-key", "x-storage-pass"]).ok_or_else(|| unauth("no X-Auth-Key"))?;
-    let (project_name, user_name) =
-        user.split_once(':').ok_or_else(|| unauth("X-Auth-User is not project:user"))?;
+    let key = header(headers, &["x-auth-key", "x-storage-pass"])
+        .ok_or_else(|| unauth("no X-Auth-Key"))?;
+    let (project_name, user_name) = user
+        .split_once(':')
+        .ok_or_else(|| unauth("X-Auth-User is not project:user"))?;
     let user = id
         .store
         .user_by_name(DEFAULT_DOMAIN, user_name)
@@ -74,8 +75,14 @@ async fn issue(id: &Identity, headers: &HeaderMap) -> Result<Response, IdentityE
         .await?
         .ok_or_else(|| unauth("unknown project"))?;
     let roles = id.roles_for_scope(&user, &project).await?;
-    let (token, payload) =
-        id.issue(&user, Some((&project, &roles)), vec!["password".into()], None).await?;
+    let (token, payload) = id
+        .issue(
+            &user,
+            Some((&project, &roles)),
+            vec!["password".into()],
+            None,
+        )
+        .await?;
     let expires_in = ((payload.expires_us - now_us()) / 1_000_000).max(0);
     let url = id.catalog.storage_url(&project.id);
     let mut resp = StatusCode::OK.into_response();

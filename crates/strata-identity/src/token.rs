@@ -101,7 +101,9 @@ pub fn sign(secret: &[u8], payload: &TokenPayload) -> String {
 pub fn verify(secret: &[u8], token: &str) -> Result<TokenPayload, TokenError> {
     let (body, sig) = token.trim().split_once('.').ok_or(TokenError::Malformed)?;
     let sig = B64.decode(sig).map_err(|_| TokenError::Malformed)?;
-    mac(secret, body.as_bytes()).verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
+    mac(secret, body.as_bytes())
+        .verify_slice(&sig)
+        .map_err(|_| TokenError::BadSignature)?;
     let json = B64.decode(body).map_err(|_| TokenError::Malformed)?;
     let payload: TokenPayload = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
     if payload.v != TOKEN_VERSION {
@@ -155,8 +157,14 @@ mod tests {
     #[test]
     fn expiry() {
         let t = sign(b"secret", &payload());
-        assert_eq!(verify_at(b"secret", &t, 2_000_000), Err(TokenError::Expired));
-        assert_eq!(verify_at(b"secret", &t, 3_000_000), Err(TokenError::Expired));
+        assert_eq!(
+            verify_at(b"secret", &t, 2_000_000),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify_at(b"secret", &t, 3_000_000),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -169,7 +177,10 @@ mod tests {
         p.roles.push("admin".into());
         let forged_body = sign(b"attacker", &p);
         let (body, _) = forged_body.split_once('.').unwrap();
-        assert_eq!(verify(b"secret", &format!("{body}.{sig}")), Err(TokenError::BadSignature));
+        assert_eq!(
+            verify(b"secret", &format!("{body}.{sig}")),
+            Err(TokenError::BadSignature)
+        );
         // Flip one character of the signature.
         let mut bad = t.clone().into_bytes();
         let last = bad.len() - 2;

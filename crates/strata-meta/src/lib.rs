@@ -8,22 +8,47 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+mod network;
+mod node;
+mod service;
+mod store;
+
+pub use network::MembershipRequest;
+pub use node::Meta;
 use std::path::PathBuf;
 use strata_types::NodeId;
 
 /// One mutation of the state machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    Put { table: String, key: String, value: Vec<u8> },
-    Delete { table: String, key: String },
+    Put {
+        table: String,
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: String,
+        key: String,
+    },
 }
 
 /// A precondition checked atomically with the ops of a [`Txn`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Check {
-    Absent { table: String, key: String },
-    Present { table: String, key: String },
-    Equals { table: String, key: String, value: Vec<u8> },
+    Absent {
+        table: String,
+        key: String,
+    },
+    Present {
+        table: String,
+        key: String,
+    },
+    Equals {
+        table: String,
+        key: String,
+        value: Vec<u8>,
+    },
 }
 
 /// Checks and ops applied atomically: the ops apply only if every check holds.
@@ -188,7 +213,12 @@ impl MetaStore for MemMeta {
     fn write(&self, txn: Txn) -> futures::future::BoxFuture<'_, Result<TxnOutcome>> {
         let succeeded = apply_txn(&mut self.lock(), &txn);
         let log_index = self.index.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        Box::pin(async move { Ok(TxnOutcome { succeeded, log_index }) })
+        Box::pin(async move {
+            Ok(TxnOutcome {
+                succeeded,
+                log_index,
+            })
+        })
     }
     fn get<'a>(
         &'a self,
@@ -209,7 +239,9 @@ impl MetaStore for MemMeta {
         Box::pin(async move { Ok(v) })
     }
     fn get_local(&self, table: &str, key: &str) -> Option<Vec<u8>> {
-        self.lock().get(&(table.to_string(), key.to_string())).cloned()
+        self.lock()
+            .get(&(table.to_string(), key.to_string()))
+            .cloned()
     }
     fn scan_local(
         &self,
@@ -227,14 +259,21 @@ mod txn_tests {
     use super::*;
 
     fn put(t: &str, k: &str, v: &[u8]) -> Op {
-        Op::Put { table: t.into(), key: k.into(), value: v.to_vec() }
+        Op::Put {
+            table: t.into(),
+            key: k.into(),
+            value: v.to_vec(),
+        }
     }
 
     #[test]
     fn failed_check_applies_nothing() {
         let mut s = BTreeMap::new();
         let txn = Txn {
-            checks: vec![Check::Present { table: "t".into(), key: "missing".into() }],
+            checks: vec![Check::Present {
+                table: "t".into(),
+                key: "missing".into(),
+            }],
             ops: vec![put("t", "a", b"1")],
         };
         assert!(!apply_txn(&mut s, &txn));
@@ -244,10 +283,22 @@ mod txn_tests {
     #[test]
     fn scan_respects_prefix_marker_and_limit() {
         let mut s = BTreeMap::new();
-        let ops = ["a/1", "a/2", "a/3", "b/1"].iter().map(|k| put("t", k, b"x")).collect();
-        assert!(apply_txn(&mut s, &Txn { checks: vec![], ops }));
+        let ops = ["a/1", "a/2", "a/3", "b/1"]
+            .iter()
+            .map(|k| put("t", k, b"x"))
+            .collect();
+        assert!(apply_txn(
+            &mut s,
+            &Txn {
+                checks: vec![],
+                ops
+            }
+        ));
         let keys = |v: Vec<(String, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        assert_eq!(keys(scan_map(&s, "t", "a/", None, 10)), ["a/1", "a/2", "a/3"]);
+        assert_eq!(
+            keys(scan_map(&s, "t", "a/", None, 10)),
+            ["a/1", "a/2", "a/3"]
+        );
         assert_eq!(keys(scan_map(&s, "t", "a/", Some("a/1"), 1)), ["a/2"]);
         assert_eq!(keys(scan_map(&s, "t", "", Some("a/3"), 10)), ["b/1"]);
         assert!(scan_map(&s, "u", "", None, 10).is_empty());

@@ -89,7 +89,10 @@ mod tests {
             let u = ((h >> 11) + 1) as f64 / (1u64 << 53) as f64;
             let ours = ln_unit(h);
             let std = u.ln();
-            assert!((ours - std).abs() <= 1e-13 * std.abs().max(1e-3), "{h:x}: {ours} vs {std}");
+            assert!(
+                (ours - std).abs() <= 1e-13 * std.abs().max(1e-3),
+                "{h:x}: {ours} vs {std}"
+            );
         }
     }
 

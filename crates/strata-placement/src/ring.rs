@@ -26,8 +26,19 @@ impl Ring {
         let topo = Topology::new(&spec.devices);
         let width = usize::from(spec.replicas).min(topo.disk_count());
         let table = build_table(&topo, 1u32 << spec.part_power, width);
-        let by_id = spec.devices.iter().enumerate().map(|(i, d)| (d.id, i)).collect();
-        Ok(Ring { spec, topo, width, table, by_id })
+        let by_id = spec
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id, i))
+            .collect();
+        Ok(Ring {
+            spec,
+            topo,
+            width,
+            table,
+            by_id,
+        })
     }
 
     pub fn spec(&self) -> &RingSpec {

@@ -58,7 +58,11 @@ impl Topology {
                 }
             })
             .collect();
-        Topology { disks, nodes: nodes.len(), zones: zones.len() }
+        Topology {
+            disks,
+            nodes: nodes.len(),
+            zones: zones.len(),
+        }
     }
 
     pub(crate) fn disk_count(&self) -> usize {
@@ -120,11 +124,11 @@ impl<'a> Selector<'a> {
         let need_new_node = self.nodes_used < self.topo.nodes;
         let mut best: Option<usize> = None;
         for (i, d) in self.topo.disks.iter().enumerate() {
-            let allowed = !self.disk_used[i]
-                && !(need_new_zone && self.zone_used[d.zone])
-                && !(need_new_node && self.node_used[d.node]);
+            let barred = self.disk_used[i]
+                || (need_new_zone && self.zone_used[d.zone])
+                || (need_new_node && self.node_used[d.node]);
             // Strictly greater: on a tie the earlier (lower id) disk stays.
-            if allowed && best.map_or(true, |b| self.draws[i] > self.draws[b]) {
+            if !barred && !best.is_some_and(|b| self.draws[b] >= self.draws[i]) {
                 best = Some(i);
             }
         }
@@ -148,19 +152,29 @@ mod tests {
     use super::*;
 
     fn dev(id: DiskId, node: NodeId, zone: &str) -> Device {
-        Device { id, node, zone: zone.into(), weight: 1.0 }
+        Device {
+            id,
+            node,
+            zone: zone.into(),
+            weight: 1.0,
+        }
     }
 
     fn picks(topo: &Topology, part: u32) -> Vec<DiskId> {
         let mut sel = Selector::new(topo);
         sel.start(part);
-        std::iter::from_fn(|| sel.next_disk()).map(|i| topo.id(i)).collect()
+        std::iter::from_fn(|| sel.next_disk())
+            .map(|i| topo.id(i))
+            .collect()
     }
 
     #[test]
     fn skips_drained_disks_and_groups_domains() {
         let mut devs = vec![dev(1, 1, "a"), dev(2, 1, "a"), dev(3, 2, "b")];
-        devs.push(Device { weight: 0.0, ..dev(4, 3, "c") });
+        devs.push(Device {
+            weight: 0.0,
+            ..dev(4, 3, "c")
+        });
         let topo = Topology::new(&devs);
         assert_eq!(topo.disk_count(), 3);
         assert_eq!((topo.nodes, topo.zones), (2, 2));
@@ -168,7 +182,12 @@ mod tests {
 
     #[test]
     fn order_covers_every_disk_once_and_alternates_domains() {
-        let devs = vec![dev(1, 1, "a"), dev(2, 1, "a"), dev(3, 2, "b"), dev(4, 2, "b")];
+        let devs = vec![
+            dev(1, 1, "a"),
+            dev(2, 1, "a"),
+            dev(3, 2, "b"),
+            dev(4, 2, "b"),
+        ];
         let topo = Topology::new(&devs);
         for part in 0..64 {
             let order = picks(&topo, part);
@@ -176,7 +195,11 @@ mod tests {
             sorted.sort_unstable();
             assert_eq!(sorted, vec![1, 2, 3, 4]);
             // The first two picks are on different nodes (and zones).
-            assert_ne!((order[0] - 1) / 2, (order[1] - 1) / 2, "part {part}: {order:?}");
+            assert_ne!(
+                (order[0] - 1) / 2,
+                (order[1] - 1) / 2,
+                "part {part}: {order:?}"
+            );
         }
     }
 

@@ -54,7 +54,11 @@ pub enum PlacementError {
     #[error("device {id} has weight {weight}; weights must be finite and >= 0")]
     BadWeight { id: DiskId, weight: f64 },
     #[error("node {node} has disks in zones {first:?} and {second:?}")]
-    NodeInTwoZones { node: NodeId, first: String, second: String },
+    NodeInTwoZones {
+        node: NodeId,
+        first: String,
+        second: String,
+    },
 }
 
 impl RingSpec {
@@ -86,7 +90,10 @@ impl RingSpec {
                 return Err(PlacementError::DuplicateDevice(d.id));
             }
             if !d.weight.is_finite() || d.weight < 0.0 {
-                return Err(PlacementError::BadWeight { id: d.id, weight: d.weight });
+                return Err(PlacementError::BadWeight {
+                    id: d.id,
+                    weight: d.weight,
+                });
             }
             let first = *zone_of.entry(d.node).or_insert(&d.zone);
             if first != d.zone {
@@ -109,11 +116,21 @@ mod tests {
     use super::*;
 
     fn dev(id: DiskId, node: NodeId, zone: &str, weight: f64) -> Device {
-        Device { id, node, zone: zone.into(), weight }
+        Device {
+            id,
+            node,
+            zone: zone.into(),
+            weight,
+        }
     }
 
     fn spec(devices: Vec<Device>) -> RingSpec {
-        RingSpec { version: 1, part_power: 4, replicas: 3, devices }
+        RingSpec {
+            version: 1,
+            part_power: 4,
+            replicas: 3,
+            devices,
+        }
     }
 
     #[test]
@@ -127,26 +144,63 @@ mod tests {
         let good = || spec(vec![dev(1, 1, "a", 1.0)]);
         let cases: Vec<(RingSpec, PlacementError)> = vec![
             (spec(vec![]), PlacementError::NoDevices),
-            (spec(vec![dev(1, 1, "a", 0.0)]), PlacementError::NoWeightedDevices),
-            (RingSpec { replicas: 0, ..good() }, PlacementError::BadReplicas(0)),
-            (RingSpec { replicas: 17, ..good() }, PlacementError::BadReplicas(17)),
-            (RingSpec { part_power: 0, ..good() }, PlacementError::BadPartPower(0)),
-            (RingSpec { part_power: 21, ..good() }, PlacementError::BadPartPower(21)),
+            (
+                spec(vec![dev(1, 1, "a", 0.0)]),
+                PlacementError::NoWeightedDevices,
+            ),
+            (
+                RingSpec {
+                    replicas: 0,
+                    ..good()
+                },
+                PlacementError::BadReplicas(0),
+            ),
+            (
+                RingSpec {
+                    replicas: 17,
+                    ..good()
+                },
+                PlacementError::BadReplicas(17),
+            ),
+            (
+                RingSpec {
+                    part_power: 0,
+                    ..good()
+                },
+                PlacementError::BadPartPower(0),
+            ),
+            (
+                RingSpec {
+                    part_power: 21,
+                    ..good()
+                },
+                PlacementError::BadPartPower(21),
+            ),
             (
                 spec(vec![dev(1, 1, "a", 1.0), dev(1, 2, "a", 1.0)]),
                 PlacementError::DuplicateDevice(1),
             ),
             (
                 spec(vec![dev(1, 1, "a", -1.0)]),
-                PlacementError::BadWeight { id: 1, weight: -1.0 },
+                PlacementError::BadWeight {
+                    id: 1,
+                    weight: -1.0,
+                },
             ),
             (
                 spec(vec![dev(1, 1, "a", f64::INFINITY)]),
-                PlacementError::BadWeight { id: 1, weight: f64::INFINITY },
+                PlacementError::BadWeight {
+                    id: 1,
+                    weight: f64::INFINITY,
+                },
             ),
             (
                 spec(vec![dev(1, 1, "a", 1.0), dev(2, 1, "b", 1.0)]),
-                PlacementError::NodeInTwoZones { node: 1, first: "a".into(), second: "b".into() },
+                PlacementError::NodeInTwoZones {
+                    node: 1,
+                    first: "a".into(),
+                    second: "b".into(),
+                },
             ),
         ];
         for (s, want) in cases {
@@ -157,6 +211,9 @@ mod tests {
     #[test]
     fn rejects_nan_weight() {
         let s = spec(vec![dev(9, 1, "a", f64::NAN)]);
-        assert!(matches!(s.validate(), Err(PlacementError::BadWeight { id: 9, .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(PlacementError::BadWeight { id: 9, .. })
+        ));
     }
 }

@@ -2,11 +2,22 @@ use super::*;
 use std::collections::HashMap;
 
 fn dev(id: DiskId, node: NodeId, zone: &str, weight: f64) -> Device {
-    Device { id, node, zone: zone.into(), weight }
+    Device {
+        id,
+        node,
+        zone: zone.into(),
+        weight,
+    }
 }
 
 fn ring(part_power: u8, replicas: u8, devices: Vec<Device>) -> Ring {
-    Ring::new(RingSpec { version: 1, part_power, replicas, devices }).unwrap()
+    Ring::new(RingSpec {
+        version: 1,
+        part_power,
+        replicas,
+        devices,
+    })
+    .unwrap()
 }
 
 /// `n` nodes with one disk each, all in one zone.
@@ -16,7 +27,9 @@ fn flat(n: u64, weight: f64) -> Vec<Device> {
 
 /// `n` nodes with one disk each, dealt round-robin over `zones` zones.
 fn zoned(n: u64, zones: u64) -> Vec<Device> {
-    (1..=n).map(|i| dev(i * 1000, i, &format!("z{}", i % zones), 1.0)).collect()
+    (1..=n)
+        .map(|i| dev(i * 1000, i, &format!("z{}", i % zones), 1.0))
+        .collect()
 }
 
 /// Partition replicas held by each disk.
@@ -39,12 +52,21 @@ fn adding_an_eleventh_node_moves_about_one_eleventh() {
     let before = ring(14, 3, flat(10, 1.0));
     let after = ring(14, 3, flat(11, 1.0));
     let moved = moved_fraction(&before, &after);
-    println!("add 11th of 11 equal nodes: moved_fraction = {moved:.4} (ideal {:.4})", 1.0 / 11.0);
+    println!(
+        "add 11th of 11 equal nodes: moved_fraction = {moved:.4} (ideal {:.4})",
+        1.0 / 11.0
+    );
     assert!((0.07..=0.13).contains(&moved), "moved {moved}");
     // Everything that moved went to the new disk.
     for p in 0..after.partition_count() {
-        let gained: Vec<_> = set(&after, p).difference(&set(&before, p)).copied().collect();
-        assert!(gained.is_empty() || gained == [11_000], "part {p}: {gained:?}");
+        let gained: Vec<_> = set(&after, p)
+            .difference(&set(&before, p))
+            .copied()
+            .collect();
+        assert!(
+            gained.is_empty() || gained == [11_000],
+            "part {p}: {gained:?}"
+        );
     }
 }
 
@@ -68,7 +90,10 @@ fn removing_one_node_of_eleven_moves_about_one_eleventh() {
     assert!((0.07..=0.13).contains(&moved), "moved {moved}");
     // Only the removed disk's replicas moved.
     for p in 0..before.partition_count() {
-        let lost: Vec<_> = set(&before, p).difference(&set(&after, p)).copied().collect();
+        let lost: Vec<_> = set(&before, p)
+            .difference(&set(&after, p))
+            .copied()
+            .collect();
         assert!(lost.is_empty() || lost == [5_000], "part {p}: {lost:?}");
     }
 }
@@ -82,7 +107,10 @@ fn draining_a_device_moves_only_its_replicas() {
     assert!(!shares(&after).contains_key(&3_000));
     assert!(after.device(3_000).is_some());
     for p in 0..before.partition_count() {
-        let lost: Vec<_> = set(&before, p).difference(&set(&after, p)).copied().collect();
+        let lost: Vec<_> = set(&before, p)
+            .difference(&set(&after, p))
+            .copied()
+            .collect();
         assert!(lost.is_empty() || lost == [3_000], "part {p}: {lost:?}");
     }
 }
@@ -92,14 +120,26 @@ fn assert_reweight_moves_only_onto(devices: Vec<Device>, x: DiskId) {
     let before = ring(13, 3, devices.clone());
     let heavier = devices
         .into_iter()
-        .map(|d| if d.id == x { Device { weight: d.weight * 2.0, ..d } } else { d })
+        .map(|d| {
+            if d.id == x {
+                Device {
+                    weight: d.weight * 2.0,
+                    ..d
+                }
+            } else {
+                d
+            }
+        })
         .collect();
     let after = ring(13, 3, heavier);
     let mut changed = 0;
     for p in 0..before.partition_count() {
         let (b, a) = (set(&before, p), set(&after, p));
         let gained: Vec<_> = a.difference(&b).copied().collect();
-        assert!(gained.is_empty() || gained == [x], "part {p}: gained {gained:?}");
+        assert!(
+            gained.is_empty() || gained == [x],
+            "part {p}: gained {gained:?}"
+        );
         changed += usize::from(!gained.is_empty());
     }
     assert!(changed > 0);
@@ -122,7 +162,12 @@ fn assert_balanced(r: &Ring, tol: f64) {
         let expected = total as f64 * d.weight / weight_sum;
         let got = counts.get(&d.id).copied().unwrap_or(0) as f64;
         let dev = (got - expected).abs() / expected;
-        assert!(dev <= tol, "disk {} weight {}: {got} vs {expected:.0}", d.id, d.weight);
+        assert!(
+            dev <= tol,
+            "disk {} weight {}: {got} vs {expected:.0}",
+            d.id,
+            d.weight
+        );
     }
 }
 
@@ -131,7 +176,9 @@ fn equal_weights_share_equally() {
     assert_balanced(&ring(14, 3, flat(10, 1.0)), 0.10);
     assert_balanced(&ring(14, 3, zoned(12, 3)), 0.10);
     // Several disks per node, several nodes per zone.
-    let devs = (0..24).map(|i| dev(i, i / 2, &format!("z{}", i / 8), 1.0)).collect();
+    let devs = (0..24)
+        .map(|i| dev(i, i / 2, &format!("z{}", i / 8), 1.0))
+        .collect();
     assert_balanced(&ring(14, 3, devs), 0.10);
 }
 
@@ -139,14 +186,22 @@ fn equal_weights_share_equally() {
 fn shares_follow_weights() {
     // Alternating weights 1 and 2 spread over three zones.
     let devs: Vec<_> = (0..18)
-        .map(|i| dev(i, i, &format!("z{}", i % 3), if i % 2 == 0 { 1.0 } else { 2.0 }))
+        .map(|i| {
+            dev(
+                i,
+                i,
+                &format!("z{}", i % 3),
+                if i % 2 == 0 { 1.0 } else { 2.0 },
+            )
+        })
         .collect();
     let r = ring(14, 3, devs);
     assert_balanced(&r, 0.10);
     // One zone with more disks than copies: several picks from one weighted
     // pool pull heavy disks' shares slightly towards the mean.
-    let devs: Vec<_> =
-        (0..20).map(|i| dev(i, i, "z", if i % 2 == 0 { 1.0 } else { 2.0 })).collect();
+    let devs: Vec<_> = (0..20)
+        .map(|i| dev(i, i, "z", if i % 2 == 0 { 1.0 } else { 2.0 }))
+        .collect();
     let r = ring(14, 3, devs);
     let counts = shares(&r);
     let light: u64 = (0..20).step_by(2).map(|i| counts[&i]).sum();
@@ -158,7 +213,9 @@ fn shares_follow_weights() {
 
 #[test]
 fn builds_a_large_table_quickly() {
-    let devs: Vec<_> = (0..120).map(|i| dev(i, i / 3, &format!("z{}", i % 4), 1.0)).collect();
+    let devs: Vec<_> = (0..120)
+        .map(|i| dev(i, i / 3, &format!("z{}", i / 3 % 4), 1.0))
+        .collect();
     let start = std::time::Instant::now();
     let r = ring(16, 3, devs);
     let took = start.elapsed();
@@ -187,7 +244,15 @@ fn part_power_one_and_twenty_keep_keys_in_range() {
 
 #[test]
 fn fewer_disks_than_replicas_uses_each_disk_once() {
-    let r = ring(6, 5, vec![dev(1, 1, "a", 1.0), dev(2, 1, "a", 1.0), dev(3, 2, "b", 0.0)]);
+    let r = ring(
+        6,
+        5,
+        vec![
+            dev(1, 1, "a", 1.0),
+            dev(2, 1, "a", 1.0),
+            dev(3, 2, "b", 0.0),
+        ],
+    );
     for p in 0..r.partition_count() {
         assert_eq!(set(&r, p), BTreeSet::from([1, 2]));
         assert!(r.handoffs(p).is_empty());
@@ -219,7 +284,15 @@ fn handoffs_continue_the_preference_order() {
 
 #[test]
 fn lookups_by_device() {
-    let r = ring(4, 2, vec![dev(7, 70, "a", 1.0), dev(8, 80, "b", 0.0), dev(9, 90, "b", 1.0)]);
+    let r = ring(
+        4,
+        2,
+        vec![
+            dev(7, 70, "a", 1.0),
+            dev(8, 80, "b", 0.0),
+            dev(9, 90, "b", 1.0),
+        ],
+    );
     assert_eq!(r.node_of(8), Some(80));
     assert_eq!(r.device(9).map(|d| d.zone.as_str()), Some("b"));
     assert_eq!(r.device(10), None);
@@ -231,15 +304,36 @@ fn lookups_by_device() {
 
 #[test]
 fn bad_specs_are_errors() {
-    let spec = RingSpec { version: 1, part_power: 30, replicas: 3, devices: flat(3, 1.0) };
-    assert_eq!(Ring::new(spec).unwrap_err(), PlacementError::BadPartPower(30));
-    let spec = RingSpec { version: 1, part_power: 8, replicas: 3, devices: flat(3, f64::NAN) };
-    assert!(matches!(Ring::new(spec), Err(PlacementError::BadWeight { .. })));
+    let spec = RingSpec {
+        version: 1,
+        part_power: 30,
+        replicas: 3,
+        devices: flat(3, 1.0),
+    };
+    assert_eq!(
+        Ring::new(spec).unwrap_err(),
+        PlacementError::BadPartPower(30)
+    );
+    let spec = RingSpec {
+        version: 1,
+        part_power: 8,
+        replicas: 3,
+        devices: flat(3, f64::NAN),
+    };
+    assert!(matches!(
+        Ring::new(spec),
+        Err(PlacementError::BadWeight { .. })
+    ));
 }
 
 #[test]
 fn spec_roundtrips_through_json() {
-    let spec = RingSpec { version: 9, part_power: 8, replicas: 3, devices: zoned(7, 2) };
+    let spec = RingSpec {
+        version: 9,
+        part_power: 8,
+        replicas: 3,
+        devices: zoned(7, 2),
+    };
     let json = serde_json::to_string(&spec).unwrap();
     let back: RingSpec = serde_json::from_str(&json).unwrap();
     assert_eq!(back, spec);

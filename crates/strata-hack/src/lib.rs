@@ -1,0 +1,1 @@
+//! Feature pinning only; see Cargo.toml. Nothing to import.
