@@ -334,7 +334,7 @@ impl Identity {
         let secret = self.secret().await?;
         let p = token::verify_at(secret, token, now_us())
             .map_err(|e| IdentityError::unauthorized(e.to_string()))?;
-        if false && self.is_revoked(&p) {
+        if self.is_revoked(&p) {
             return Err(IdentityError::unauthorized(
                 token::TokenError::Revoked.to_string(),
             ));
