@@ -79,7 +79,7 @@ pub(crate) struct Committer {
     pub data_path: PathBuf,
     /// Set after a failed sync: what reached the disk is then unknown, so no further write is
     /// acknowledged until the disk is reopened (and its state rebuilt from the index).
-    pub failed: Option<String>,
+    pub failed: Mutex<Option<String>>,
 }
 
 /// What a batch decided for one op, answered after the batch is durable.
@@ -90,7 +90,28 @@ enum Outcome {
 }
 
 impl Committer {
-    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<CommitOp>) {
+    /// Runs the committer until the queue closes. Two stages overlap: while the index stage
+    /// writes batch N's `WriteBatch`, this thread already fdatasyncs batch N+1's data.
+    pub(crate) fn run(self, mut rx: mpsc::Receiver<CommitOp>) {
+        let this = Arc::new(self);
+        let (to_index, index_rx) = std::sync::mpsc::sync_channel::<(Vec<CommitOp>, Vec<Extent>)>(1);
+        let index_stage = {
+            let this = this.clone();
+            std::thread::Builder::new()
+                .name("strata-disk-index".into())
+                .spawn(move || {
+                    for (batch, new_extents) in index_rx {
+                        this.write_index(batch, new_extents);
+                    }
+                })
+        };
+        let mut index_stage = match index_stage {
+            Ok(handle) => Some((to_index, handle)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no index stage thread; committing without overlap");
+                None
+            }
+        };
         while let Some(first) = rx.blocking_recv() {
             let mut bytes = first.weight();
             let mut batch = vec![first];
@@ -103,8 +124,54 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            self.commit(batch);
+            let Some((batch, new_extents)) = this.sync_data(batch) else {
+                continue;
+            };
+            match &index_stage {
+                Some((to_index, _)) => {
+                    if let Err(std::sync::mpsc::SendError((batch, new_extents))) =
+                        to_index.send((batch, new_extents))
+                    {
+                        this.write_index(batch, new_extents);
+                    }
+                }
+                None => this.write_index(batch, new_extents),
+            }
         }
+        if let Some((to_index, handle)) = index_stage.take() {
+            drop(to_index);
+            if handle.join().is_err() {
+                tracing::error!("index stage thread panicked");
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_failure(&self, why: String) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Refuses the batch if the disk failed earlier. Its fresh extents never reached the index,
+    /// so they can be reused.
+    fn refuse_if_failed(
+        &self,
+        batch: Vec<CommitOp>,
+        new_extents: &[Extent],
+    ) -> Option<Vec<CommitOp>> {
+        let Some(why) = self.failure() else {
+            return Some(batch);
+        };
+        self.free(new_extents);
+        fail_all(batch, |_| {
+            DiskError::Index(format!("disk failed earlier: {why}"))
+        });
+        None
     }
 
     fn free(&self, extents: &[Extent]) {
@@ -127,7 +194,8 @@ impl Committer {
         }
     }
 
-    fn commit(&mut self, batch: Vec<CommitOp>) {
+    /// First stage: one fdatasync for all chunk data of the batch.
+    fn sync_data(&self, batch: Vec<CommitOp>) -> Option<(Vec<CommitOp>, Vec<Extent>)> {
         let new_extents: Vec<Extent> = batch
             .iter()
             .filter_map(|op| match op {
@@ -136,26 +204,27 @@ impl Committer {
             })
             .collect();
 
-        if let Some(why) = &self.failed {
-            let why = why.clone();
-            // None of these reached the index, so their fresh extents can be reused.
-            self.free(&new_extents);
-            fail_all(batch, |_| {
-                DiskError::Index(format!("disk failed earlier: {why}"))
-            });
-            return;
-        }
+        let batch = self.refuse_if_failed(batch, &new_extents)?;
 
         if !new_extents.is_empty() {
             self.counters.data_syncs.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.io.datasync_blocking() {
                 tracing::error!(error = %e, "fdatasync of the data file failed; refusing writes");
-                self.failed = Some(format!("fdatasync: {e}"));
+                self.set_failure(format!("fdatasync: {e}"));
                 self.free(&new_extents);
                 fail_all(batch, |_| self.io_err(&e));
-                return;
+                return None;
             }
         }
+        Some((batch, new_extents))
+    }
+
+    /// Second stage: one synced `WriteBatch` for all index and record changes of the batch,
+    /// then release of the blocks it freed, then the answers.
+    fn write_index(&self, batch: Vec<CommitOp>, new_extents: Vec<Extent>) {
+        let Some(batch) = self.refuse_if_failed(batch, &new_extents) else {
+            return;
+        };
 
         let (wb, outcomes, mut released, unused, chunk_delta) = match self.plan(&batch) {
             Ok(p) => p,
@@ -175,7 +244,7 @@ impl Committer {
                 // Whether the batch reached the WAL is unknown: release nothing, ack nothing.
                 let msg = e.into_string();
                 tracing::error!(error = %msg, "index write failed; refusing writes");
-                self.failed = Some(format!("index write: {msg}"));
+                self.set_failure(format!("index write: {msg}"));
                 fail_all(batch, |_| DiskError::Index(msg.clone()));
                 return;
             }

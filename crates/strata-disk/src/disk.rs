@@ -160,7 +160,7 @@ impl Disk {
             alloc: alloc.clone(),
             counters: counters.clone(),
             data_path: data_path.clone(),
-            failed: None,
+            failed: Mutex::new(None),
         };
         let handle = std::thread::Builder::new()
             .name("strata-disk-commit".into())

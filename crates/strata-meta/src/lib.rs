@@ -124,6 +124,7 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> futures::future::BoxFuture<'a, Result<Option<Vec<u8>>>>;
     /// Linearizable scan of keys in `table` that start with `prefix` and sort
     /// after `start_after` (if given), in key order, at most `limit` of them.
+    #[allow(clippy::type_complexity)]
     fn scan<'a>(
         &'a self,
         table: &'a str,

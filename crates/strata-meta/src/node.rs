@@ -47,8 +47,8 @@ pub struct Meta {
     /// Clients to peers for forwarded calls, by node id, with the address they use.
     peers: Mutex<HashMap<NodeId, (String, RaftClient<Channel>)>>,
     pub(crate) stopped: AtomicBool,
-    /// Closed once the storage is dropped by openraft after shutdown.
-    db: std::sync::Weak<rocksdb::DB>,
+    /// Turns true once openraft has dropped the storage and rocksdb is closed.
+    db_closed: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Meta {
@@ -69,8 +69,7 @@ impl Meta {
     pub async fn open(cfg: MetaConfig) -> Result<Arc<Meta>> {
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| MetaError::Storage(format!("create {}: {e}", cfg.dir.display())))?;
-        let (log, sm) = store::open_store(&cfg.dir)?;
-        let db = log.db_weak();
+        let (log, sm, db_closed) = store::open_store(&cfg.dir)?;
         let state = sm.state();
         let applied = sm.applied_watch();
         let heartbeat = cfg.heartbeat_interval_ms.max(1);
@@ -102,7 +101,7 @@ impl Meta {
             rpc_timeout,
             peers: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
-            db,
+            db_closed,
         }))
     }
 
@@ -175,16 +174,17 @@ impl Meta {
         }
         self.raft.shutdown().await.map_err(raft_err)?;
         // Openraft's tasks drop their storage handles as they wind down.
-        let deadline = Instant::now() + SHUTDOWN_WAIT;
-        while self.db.strong_count() > 0 {
-            if Instant::now() >= deadline {
-                return Err(MetaError::Storage(
-                    "rocksdb still in use after shutdown".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
+        let mut closed = self.db_closed.clone();
+        let wait = closed.wait_for(|closed| *closed);
+        let done = match tokio::time::timeout(SHUTDOWN_WAIT, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            // The sender is dropped only with the rocksdb, after raising the flag.
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(MetaError::Storage(
+                "rocksdb still in use after shutdown".into(),
+            )),
+        };
+        done
     }
 
     /// Make `voters` (id to rpc address) the voters of the group: nodes new to

@@ -1,6 +1,9 @@
 //! Server side of the `strata.v1.Raft` service: decode a bincode payload, hand
 //! it to this node's Raft, encode the reply (errors included).
 
+// `tonic::Status` is large, but it is what the generated service returns.
+#![allow(clippy::result_large_err)]
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 

@@ -60,9 +60,35 @@ const KEY_LAST_APPLIED: &[u8] = b"last_applied";
 const KEY_LAST_MEMBERSHIP: &[u8] = b"last_membership";
 const KEY_SNAPSHOT: &[u8] = b"snapshot";
 
+/// The rocksdb of the meta group, and a flag raised once it is closed.
+pub(crate) struct Db {
+    // Declared before `_closed`: fields drop in order, so the flag is raised
+    // only after rocksdb has released the directory.
+    db: DB,
+    _closed: ClosedFlag,
+}
+
+struct ClosedFlag(watch::Sender<bool>);
+
+impl Drop for ClosedFlag {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl std::ops::Deref for Db {
+    type Target = DB;
+    fn deref(&self) -> &DB {
+        &self.db
+    }
+}
+
 /// Open (or create) the rocksdb of the meta group at `dir` and build its log
-/// store and state machine, with the state machine restored from disk.
-pub(crate) fn open_store(dir: &Path) -> crate::Result<(LogStore, StateMachine)> {
+/// store and state machine, with the state machine restored from disk. The
+/// receiver turns true once both are dropped and the rocksdb is closed.
+pub(crate) fn open_store(
+    dir: &Path,
+) -> crate::Result<(LogStore, StateMachine, watch::Receiver<bool>)> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -71,10 +97,14 @@ pub(crate) fn open_store(dir: &Path) -> crate::Result<(LogStore, StateMachine)> 
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, dir, cfs)
         .map_err(|e| MetaError::Storage(format!("open rocksdb at {}: {e}", dir.display())))?;
-    let db = Arc::new(db);
+    let (closed_tx, closed_rx) = watch::channel(false);
+    let db = Arc::new(Db {
+        db,
+        _closed: ClosedFlag(closed_tx),
+    });
     let sm = StateMachine::load(db.clone())
         .map_err(|e| MetaError::Storage(format!("load state machine: {e}")))?;
-    Ok((LogStore { db }, sm))
+    Ok((LogStore { db }, sm, closed_rx))
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> std::result::Result<&'a rocksdb::ColumnFamily, StoreErr> {
@@ -133,15 +163,10 @@ fn data_key(table: &str, key: &str) -> std::result::Result<Vec<u8>, StoreErr> {
 /// The Raft log and vote.
 #[derive(Clone)]
 pub(crate) struct LogStore {
-    db: Arc<DB>,
+    db: Arc<Db>,
 }
 
 impl LogStore {
-    /// A handle that tells when the rocksdb has been closed (no strong ref left).
-    pub(crate) fn db_weak(&self) -> std::sync::Weak<DB> {
-        Arc::downgrade(&self.db)
-    }
-
     fn get_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
@@ -337,7 +362,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // from then on, so a crash between the two writes is harmless.
         self.put_meta(KEY_LAST_PURGED, &log_id, false)
             .map_err(write_logs_err)?;
-        let end = log_id.index.checked_add(1).unwrap_or(u64::MAX);
+        let end = log_id.index.saturating_add(1);
         let result = self.delete_range(0, end);
         result.map_err(write_logs_err)
     }
@@ -364,7 +389,7 @@ struct StoredSnapshot {
 /// The state machine: the applied map in memory, mirrored to rocksdb.
 #[derive(Clone)]
 pub(crate) struct StateMachine {
-    db: Arc<DB>,
+    db: Arc<Db>,
     state: Arc<RwLock<Applied>>,
     applied_tx: Arc<watch::Sender<u64>>,
 }
@@ -378,7 +403,7 @@ fn sm_write_err(e: StoreErr) -> StorageError<NodeId> {
 }
 
 impl StateMachine {
-    fn load(db: Arc<DB>) -> std::result::Result<Self, StoreErr> {
+    fn load(db: Arc<Db>) -> std::result::Result<Self, StoreErr> {
         let mut applied = Applied::default();
         {
             let data = cf(&db, CF_SM_DATA)?;
@@ -659,15 +684,17 @@ mod tests {
     impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder {
         async fn build(&self) -> StorageResult<(TempDir, LogStore, StateMachine)> {
             let dir = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
-            let (log, sm) = open_store(dir.path())
+            let (log, sm, _) = open_store(dir.path())
                 .map_err(|e| StorageIOError::write(&StoreErr(e.to_string())))?;
             Ok((dir, log, sm))
         }
     }
 
     #[test]
-    fn openraft_storage_suite() -> StorageResult<()> {
-        Suite::test_all(RocksBuilder)
+    fn openraft_storage_suite() {
+        if let Err(e) = Suite::test_all(RocksBuilder) {
+            panic!("openraft storage suite: {e}");
+        }
     }
 
     fn txn_entry(index: u64, txn: Txn) -> Entry<TypeConfig> {
@@ -687,7 +714,7 @@ mod tests {
             value: v.to_vec(),
         };
         {
-            let (_log, mut sm) = open_store(dir.path()).unwrap();
+            let (_log, mut sm, _) = open_store(dir.path()).unwrap();
             let replies = sm
                 .apply(vec![
                     txn_entry(
@@ -724,7 +751,7 @@ mod tests {
             assert_eq!(ok, [true, false, true]);
             assert_eq!(*sm.applied_watch().borrow(), 3);
         }
-        let (_log, mut sm) = open_store(dir.path()).unwrap();
+        let (_log, mut sm, _) = open_store(dir.path()).unwrap();
         let expected: StateMap = [(("t".to_string(), "a".to_string()), b"1".to_vec())].into();
         assert_eq!(sm.read_state().map, expected);
         assert_eq!(
@@ -734,7 +761,7 @@ mod tests {
 
         // A snapshot from elsewhere replaces the whole state, on disk as well.
         let other = TempDir::new().unwrap();
-        let (_l2, mut sm2) = open_store(other.path()).unwrap();
+        let (_l2, mut sm2, _) = open_store(other.path()).unwrap();
         sm2.apply(vec![txn_entry(
             7,
             Txn {
@@ -755,7 +782,7 @@ mod tests {
             .unwrap();
         assert_eq!(*sm.applied_watch().borrow(), 7);
         drop((_log, sm));
-        let (_log, sm) = open_store(dir.path()).unwrap();
+        let (_log, sm, _) = open_store(dir.path()).unwrap();
         let expected: StateMap = [(("t".to_string(), "z".to_string()), b"9".to_vec())].into();
         assert_eq!(sm.read_state().map, expected);
     }

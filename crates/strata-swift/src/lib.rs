@@ -43,7 +43,7 @@ pub struct SwiftGateway {
 /// The Swift router: `/info`, TempAuth and everything under `/v1/`.
 pub fn router(gw: Arc<SwiftGateway>) -> Router {
     let tempauth = gw.identity.tempauth_router();
-    Router::new().merge(tempauth).fallback(handle).with_state(gw)
+    Router::new().fallback(handle).with_state(gw).merge(tempauth)
 }
 
 /// Where the caller may act on an account.
