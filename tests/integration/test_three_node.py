@@ -4,7 +4,9 @@ the whole cluster."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -159,6 +161,33 @@ def check_listing(gateway: Node, objects: dict[str, ObjSpec], retries: int = 0) 
         conn.close()
 
 
+def cluster_status(node: Node) -> dict:
+    """`strata admin status --json` answered by `node`."""
+    out = subprocess.run(
+        [str(node.binary), "admin", "status", "--json", "--rpc", f"{node.bind}:{node.ports.rpc}"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def wait_repaired(nodes: list[Node], timeout: float = 120) -> dict[int, int]:
+    """Waits until no live node holds a hint and every node holds the same number of chunks
+    (three replicas on three nodes: each node has a copy of every chunk). Returns the chunk
+    count per node id."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        status = cluster_status(nodes[0])
+        live = [n for n in status["nodes"] if n["up"]]
+        chunks = {n["id"]: sum(d["chunks"] for d in n["disks"]) for n in live}
+        hints = sum(n["pending_hints"] for n in live)
+        last = (chunks, hints)
+        if len(live) == len(nodes) and hints == 0 and len(set(chunks.values())) == 1:
+            return chunks
+        time.sleep(1)
+    raise AssertionError(f"replicas not repaired in {timeout}s: chunks, hints = {last}")
+
+
 def test_survives_one_node_down_at_a_time(cluster: Cluster):
     n1, n2, n3 = cluster.nodes
     rng = random.Random(20240301)
@@ -184,9 +213,21 @@ def test_survives_one_node_down_at_a_time(cluster: Cluster):
     assert retried <= MAX_RETRIED_READS
     check_listing(n1, objects, retries=READ_RETRIES)
 
-    # Node 2 back, node 3 down: everything through node 2.
+    # Writes while node 2 is down reach nodes 1 and 3 (the write quorum) and leave hints
+    # for node 2.
+    missed = {}
+    for i in range(60):
+        missed[f"missed-{i:03d}"] = ObjSpec.make(seed=2_000_000 + i, size=random_size(rng, 2 * MiB))[0]
+    upload_all([n1, n3], missed)
+    objects.update(missed)
+
+    # Node 2 back: hinted handoff brings it every chunk it missed.
     n2.start()
     n2.wait_ready()
+    chunks = wait_repaired([n1, n2, n3])
+    print(f"chunks per node after node2 caught up: {chunks}")
+
+    # Node 3 down: everything through node 2.
     n3.kill9()
     took = wait_serving(n2)
     print(f"node2 served again {took:.1f}s after node3 was killed")
@@ -199,6 +240,7 @@ def test_survives_one_node_down_at_a_time(cluster: Cluster):
     n3.start()
     cluster.wait_ready()
     check_listing(n3, objects, retries=READ_RETRIES)
+    wait_repaired([n1, n2, n3])
 
 
 def test_whole_cluster_kill_mid_upload(cluster: Cluster):

@@ -58,7 +58,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             node_id: cfg.node_id,
             write_quorum: usize::from(cfg.cluster.write_quorum),
             rpc_timeout_ms: 10_000,
-            hint_interval_ms: 2_000,
+            hint_interval_ms: 1_000,
         },
         disks,
     );
