@@ -8,7 +8,7 @@
 
 use crate::alloc::{Allocator, Extent};
 use crate::buf::BLOCK;
-use crate::index::{self, ChunkEntry, CF_CHUNKS, CF_RECORDS};
+use crate::index::{self, BlockEntry, ChunkEntry, CF_BLOCKS, CF_CHUNKS, CF_RECORDS};
 use crate::io::IoEngine;
 use crate::{DiskError, Record, Result};
 use rocksdb::{WriteBatch, WriteOptions, DB};
@@ -44,6 +44,22 @@ pub(crate) enum CommitOp {
     },
     RemoveRecord {
         key: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Volume blocks `first..first + crcs.len()` are written (not yet synced) at data-area
+    /// blocks `start..`.
+    WriteBlocks {
+        volume: u64,
+        first: u64,
+        start: u64,
+        crcs: Vec<u32>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Volume blocks `first..first + count` become holes.
+    TrimBlocks {
+        volume: u64,
+        first: u64,
+        count: u64,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -200,6 +216,10 @@ impl Committer {
             .iter()
             .filter_map(|op| match op {
                 CommitOp::PutChunk { entry, .. } => Some(extent_of(entry)),
+                CommitOp::WriteBlocks { start, crcs, .. } => Some(Extent {
+                    start: *start,
+                    len: crcs.len() as u64,
+                }),
                 _ => None,
             })
             .collect();
@@ -286,6 +306,7 @@ impl Committer {
     ) -> Result<(WriteBatch, Vec<Outcome>, Vec<Extent>, Vec<Extent>, i64)> {
         let chunks = index::cf(&self.db, CF_CHUNKS)?;
         let records = index::cf(&self.db, CF_RECORDS)?;
+        let blocks = index::cf(&self.db, CF_BLOCKS)?;
         let mut wb = WriteBatch::default();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut released = Vec::new();
@@ -294,6 +315,7 @@ impl Committer {
         // Current state as of the ops planned so far: `None` = absent.
         let mut chunk_state: HashMap<ChunkId, Option<Extent>> = HashMap::new();
         let mut record_state: HashMap<&[u8], Option<u64>> = HashMap::new();
+        let mut block_state: HashMap<(u64, u64), Option<u64>> = HashMap::new();
 
         for op in batch {
             let outcome = match op {
@@ -351,6 +373,58 @@ impl Committer {
                     record_state.insert(key.as_slice(), None);
                     Outcome::Done
                 }
+                CommitOp::WriteBlocks {
+                    volume,
+                    first,
+                    start,
+                    crcs,
+                    ..
+                } => {
+                    let olds: Result<Vec<Option<u64>>> = (0..crcs.len() as u64)
+                        .map(|i| self.block_addr(&mut block_state, blocks, *volume, first + i))
+                        .collect();
+                    match olds {
+                        Ok(olds) => {
+                            for (i, (old, crc)) in olds.into_iter().zip(crcs).enumerate() {
+                                let block = first + i as u64;
+                                let addr = start + i as u64;
+                                if let Some(old) = old {
+                                    released.push(Extent { start: old, len: 1 });
+                                }
+                                let entry = BlockEntry { addr, crc: *crc };
+                                wb.put_cf(blocks, index::block_key(*volume, block), entry.encode());
+                                block_state.insert((*volume, block), Some(addr));
+                            }
+                            Outcome::Done
+                        }
+                        Err(e) => {
+                            unused.push(Extent {
+                                start: *start,
+                                len: crcs.len() as u64,
+                            });
+                            Outcome::Failed(e)
+                        }
+                    }
+                }
+                CommitOp::TrimBlocks {
+                    volume,
+                    first,
+                    count,
+                    ..
+                } => match self.blocks_in(&block_state, blocks, *volume, *first, *count) {
+                    Ok(present) => {
+                        for (block, addr) in present {
+                            released.push(Extent {
+                                start: addr,
+                                len: 1,
+                            });
+                            wb.delete_cf(blocks, index::block_key(*volume, block));
+                            block_state.insert((*volume, block), None);
+                        }
+                        Outcome::Done
+                    }
+                    Err(e) => Outcome::Failed(e),
+                },
             };
             outcomes.push(outcome);
         }
@@ -385,6 +459,75 @@ impl Committer {
         };
         state.insert(*id, current);
         Ok(current)
+    }
+
+    /// The data-area block a volume block currently occupies (`None`: a hole).
+    fn block_addr(
+        &self,
+        state: &mut HashMap<(u64, u64), Option<u64>>,
+        blocks: &rocksdb::ColumnFamily,
+        volume: u64,
+        block: u64,
+    ) -> Result<Option<u64>> {
+        if let Some(s) = state.get(&(volume, block)) {
+            return Ok(*s);
+        }
+        let key = index::block_key(volume, block);
+        let current = match self
+            .db
+            .get_pinned_cf(blocks, key)
+            .map_err(index::index_err)?
+        {
+            None => None,
+            Some(v) => match BlockEntry::decode(&v) {
+                Some(e) => Some(e.addr),
+                None => {
+                    tracing::warn!(volume, block, "replacing an undecodable block index entry");
+                    None
+                }
+            },
+        };
+        state.insert((volume, block), current);
+        Ok(current)
+    }
+
+    /// Volume blocks in `first..first + count` that hold data, with their addresses, as of
+    /// the committed index plus the ops planned so far.
+    fn blocks_in(
+        &self,
+        state: &HashMap<(u64, u64), Option<u64>>,
+        blocks: &rocksdb::ColumnFamily,
+        volume: u64,
+        first: u64,
+        count: u64,
+    ) -> Result<Vec<(u64, u64)>> {
+        let end = first.saturating_add(count);
+        let mut found: std::collections::BTreeMap<u64, Option<u64>> =
+            std::collections::BTreeMap::new();
+        let from = index::block_key(volume, first);
+        let to = index::block_key(volume, end);
+        for item in self.db.iterator_cf(
+            blocks,
+            rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(index::index_err)?;
+            if *k >= to[..] {
+                break;
+            }
+            let Some((_, block)) = index::decode_block_key(&k) else {
+                continue;
+            };
+            found.insert(block, BlockEntry::decode(&v).map(|e| e.addr));
+        }
+        for (&(v, b), addr) in state {
+            if v == volume && (first..end).contains(&b) {
+                found.insert(b, *addr);
+            }
+        }
+        Ok(found
+            .into_iter()
+            .filter_map(|(b, a)| a.map(|a| (b, a)))
+            .collect())
     }
 
     fn record_ts(&self, records: &rocksdb::ColumnFamily, key: &[u8]) -> Result<Option<u64>> {
@@ -432,7 +575,9 @@ fn answer(op: CommitOp, outcome: Outcome) {
             .is_ok(),
         CommitOp::PutChunk { reply, .. }
         | CommitOp::DeleteChunk { reply, .. }
-        | CommitOp::RemoveRecord { reply, .. } => reply.send(unit(outcome)).is_ok(),
+        | CommitOp::RemoveRecord { reply, .. }
+        | CommitOp::WriteBlocks { reply, .. }
+        | CommitOp::TrimBlocks { reply, .. } => reply.send(unit(outcome)).is_ok(),
     };
     if !sent {
         tracing::debug!("writer stopped waiting before its write was acknowledged");

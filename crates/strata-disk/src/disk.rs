@@ -43,8 +43,8 @@ pub struct CommitStats {
 
 /// One disk: a data file (or block device) plus its rocksdb index. See the crate docs.
 pub struct Disk {
-    db: Arc<DB>,
-    io: Arc<IoEngine>,
+    pub(crate) db: Arc<DB>,
+    pub(crate) io: Arc<IoEngine>,
     alloc: Arc<Mutex<Allocator>>,
     counters: Arc<Counters>,
     data_path: PathBuf,
@@ -147,6 +147,8 @@ impl Disk {
             }
         }
 
+        crate::blocks::mark_blocks(&db, &mut alloc)?;
+
         let file = Arc::new(file);
         let io = Arc::new(IoEngine::new(file, cfg.force_syscall_io));
         let db = Arc::new(db);
@@ -239,20 +241,20 @@ impl Disk {
         Ok(())
     }
 
-    fn lock_alloc(&self) -> MutexGuard<'_, Allocator> {
+    pub(crate) fn lock_alloc(&self) -> MutexGuard<'_, Allocator> {
         // The allocator's state stays consistent across a panic (each method finishes its
         // updates before anything can panic), so a poisoned lock is still usable.
         self.alloc.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn io_err(&self, source: io::Error) -> DiskError {
+    pub(crate) fn io_err(&self, source: io::Error) -> DiskError {
         DiskError::Io {
             path: self.data_path.clone(),
             source,
         }
     }
 
-    async fn submit<T>(
+    pub(crate) async fn submit<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> CommitOp,
     ) -> Result<T> {

@@ -9,6 +9,7 @@ use std::path::Path;
 pub(crate) const CF_CHUNKS: &str = "chunks";
 pub(crate) const CF_RECORDS: &str = "records";
 pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_BLOCKS: &str = "blocks";
 
 /// Key of the format entry in the meta column family.
 pub(crate) const META_FORMAT: &[u8] = b"format";
@@ -25,7 +26,7 @@ pub(crate) fn open_db(path: &Path) -> Result<DB> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
-    let cfs = [CF_CHUNKS, CF_RECORDS, CF_META]
+    let cfs = [CF_CHUNKS, CF_RECORDS, CF_META, CF_BLOCKS]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     DB::open_cf_descriptors(&opts, path, cfs).map_err(index_err)
@@ -253,5 +254,69 @@ mod tests {
         assert_eq!(Format::decode(&f.encode()), Some(f));
         sb[20] ^= 1;
         assert_eq!(decode_superblock(&sb), None);
+    }
+}
+
+const BLOCK_V1: u8 = 1;
+
+/// Key of one volume block: volume id then block number, both big-endian, so a volume's
+/// blocks are contiguous and in order.
+pub(crate) fn block_key(volume: u64, block: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&volume.to_be_bytes());
+    k[8..].copy_from_slice(&block.to_be_bytes());
+    k
+}
+
+pub(crate) fn decode_block_key(k: &[u8]) -> Option<(u64, u64)> {
+    let k: &[u8; 16] = k.try_into().ok()?;
+    let volume = u64::from_be_bytes(k[..8].try_into().ok()?);
+    let block = u64::from_be_bytes(k[8..].try_into().ok()?);
+    Some((volume, block))
+}
+
+/// Where one 4 KiB volume block lives and its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockEntry {
+    /// Block number in the data area.
+    pub addr: u64,
+    pub crc: u32,
+}
+
+impl BlockEntry {
+    pub(crate) fn encode(&self) -> [u8; 13] {
+        let mut v = [0u8; 13];
+        v[0] = BLOCK_V1;
+        v[1..9].copy_from_slice(&self.addr.to_be_bytes());
+        v[9..].copy_from_slice(&self.crc.to_be_bytes());
+        v
+    }
+
+    pub(crate) fn decode(v: &[u8]) -> Option<Self> {
+        if v.len() != 13 || v[0] != BLOCK_V1 {
+            return None;
+        }
+        Some(BlockEntry {
+            addr: u64::from_be_bytes(v[1..9].try_into().ok()?),
+            crc: u32::from_be_bytes(v[9..].try_into().ok()?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+
+    #[test]
+    fn block_entries_round_trip_and_refuse_garbage() {
+        let e = BlockEntry {
+            addr: 77,
+            crc: 0xdead_beef,
+        };
+        assert_eq!(BlockEntry::decode(&e.encode()), Some(e));
+        assert_eq!(BlockEntry::decode(&[2; 13]), None);
+        assert_eq!(BlockEntry::decode(&[1; 5]), None);
+        assert_eq!(decode_block_key(&block_key(3, 9)), Some((3, 9)));
+        assert!(block_key(1, u64::MAX) < block_key(2, 0));
     }
 }

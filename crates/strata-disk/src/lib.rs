@@ -16,12 +16,14 @@
 //! - every chunk read is verified (crc32c per 4 KiB block and blake3 of the whole chunk).
 
 mod alloc;
+mod blocks;
 mod buf;
 mod commit;
 mod disk;
 mod index;
 mod io;
 
+pub use blocks::{BlockRead, BLOCKS_PER_WRITE_MAX, BLOCK_BYTES};
 pub use disk::{CommitStats, Disk};
 
 use std::path::PathBuf;
@@ -39,6 +41,14 @@ pub enum DiskError {
     Index(String),
     #[error("chunk {chunk:?} is corrupt: {what}")]
     Corrupt { chunk: ChunkId, what: &'static str },
+    #[error("block {block} of volume {volume} is corrupt: {what}")]
+    CorruptBlock {
+        volume: u64,
+        block: u64,
+        what: &'static str,
+    },
+    #[error("bad block request: {0}")]
+    BadBlockRange(String),
     #[error("chunk of {len} bytes is larger than the limit of {max}")]
     TooLarge { len: usize, max: usize },
     #[error("disk is full: {needed_bytes} bytes needed")]

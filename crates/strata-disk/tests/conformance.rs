@@ -537,7 +537,7 @@ async fn bad_index_values_are_errors_not_panics() {
         let db = rocksdb::DB::open_cf(
             &opts,
             dir.path().join("index"),
-            ["chunks", "records", "meta"],
+            ["chunks", "records", "meta", "blocks"],
         )
         .unwrap();
         let chunks = db.cf_handle("chunks").unwrap();

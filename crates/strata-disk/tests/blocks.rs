@@ -1,0 +1,194 @@
+//! Volume blocks: partial writes, holes, trims, reopen and corruption, on both I/O backends.
+
+use bytes::Bytes;
+use rand::{RngCore, SeedableRng};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::Arc;
+use strata_disk::{Disk, DiskConfig, DiskError, BLOCK_BYTES};
+use strata_types::ChunkId;
+
+const MIB: u64 = 1 << 20;
+
+fn open(dir: &Path, syscall: bool) -> Arc<Disk> {
+    Disk::open(DiskConfig {
+        dir: dir.to_path_buf(),
+        device: None,
+        capacity_bytes: 64 * MIB,
+        force_syscall_io: syscall,
+    })
+    .expect("open")
+}
+
+fn pattern(seed: u64, blocks: usize) -> Vec<u8> {
+    let mut v = vec![0u8; blocks * BLOCK_BYTES];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+fn for_both(body: impl Fn(&Path, bool)) {
+    for syscall in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        body(dir.path(), syscall);
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn a_small_write_inside_a_large_one_changes_only_its_block() {
+    for_both(|dir, syscall| {
+        rt().block_on(async {
+            let d = open(dir, syscall);
+            let big = pattern(1, 256);
+            d.write_blocks(7, 100, Bytes::from(big.clone()))
+                .await
+                .expect("1 MiB write");
+            let used_before = d.usage().used_bytes;
+            let small = pattern(2, 1);
+            d.write_blocks(7, 200, Bytes::from(small.clone()))
+                .await
+                .expect("4 KiB write");
+            // The overwritten block went back to the allocator: usage is unchanged.
+            assert_eq!(d.usage().used_bytes, used_before);
+            let read = d.read_blocks(7, 100, 256).await.expect("read");
+            let mut want = big.clone();
+            want[100 * BLOCK_BYTES..101 * BLOCK_BYTES].copy_from_slice(&small);
+            assert_eq!(read.data.as_ref(), want.as_slice());
+            assert!(read.present.iter().all(|p| *p));
+        })
+    });
+}
+
+#[test]
+fn unwritten_blocks_are_zero_holes_and_take_no_space() {
+    for_both(|dir, syscall| {
+        rt().block_on(async {
+            let d = open(dir, syscall);
+            let used0 = d.usage().used_bytes;
+            d.write_blocks(1, 10, Bytes::from(pattern(3, 2)))
+                .await
+                .expect("write");
+            assert_eq!(d.usage().used_bytes - used0, 2 * BLOCK_BYTES as u64);
+            let read = d.read_blocks(1, 8, 6).await.expect("read");
+            assert_eq!(read.present, [false, false, true, true, false, false]);
+            assert!(read.data[..2 * BLOCK_BYTES].iter().all(|b| *b == 0));
+            assert!(read.data[4 * BLOCK_BYTES..].iter().all(|b| *b == 0));
+            assert_eq!(d.block_map(1, 9, 3).expect("map"), [false, true, true]);
+            // Another volume's blocks are separate.
+            assert_eq!(d.block_map(2, 10, 2).expect("map"), [false, false]);
+        })
+    });
+}
+
+#[test]
+fn trim_makes_holes_and_frees_space() {
+    for_both(|dir, syscall| {
+        rt().block_on(async {
+            let d = open(dir, syscall);
+            let used0 = d.usage().used_bytes;
+            d.write_blocks(3, 0, Bytes::from(pattern(4, 64)))
+                .await
+                .expect("write");
+            d.trim_blocks(3, 16, 32).await.expect("trim");
+            assert_eq!(d.usage().used_bytes - used0, 32 * BLOCK_BYTES as u64);
+            let map = d.block_map(3, 0, 64).expect("map");
+            assert!(map[..16].iter().all(|p| *p));
+            assert!(map[16..48].iter().all(|p| !*p));
+            assert!(map[48..].iter().all(|p| *p));
+            d.trim_blocks(3, 0, u64::MAX / 2)
+                .await
+                .expect("trim everything");
+            assert_eq!(d.usage().used_bytes, used0);
+        })
+    });
+}
+
+#[test]
+fn blocks_survive_reopen_and_are_not_handed_out_again() {
+    for_both(|dir, syscall| {
+        let data = pattern(5, 300);
+        rt().block_on(async {
+            let d = open(dir, syscall);
+            d.write_blocks(9, 1000, Bytes::from(data.clone()))
+                .await
+                .expect("write");
+        });
+        rt().block_on(async {
+            let d = open(dir, syscall);
+            // Fill fresh space with chunks: none may land on the volume's blocks.
+            for i in 0..8u64 {
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&i.to_be_bytes());
+                d.put_chunk(ChunkId(id), Bytes::from(pattern(100 + i, 64)))
+                    .await
+                    .expect("chunk");
+            }
+            let read = d.read_blocks(9, 1000, 300).await.expect("read");
+            assert_eq!(read.data.as_ref(), data.as_slice());
+        });
+    });
+}
+
+#[test]
+fn a_flipped_byte_is_reported_as_corruption() {
+    for_both(|dir, syscall| {
+        rt().block_on(async {
+            let d = open(dir, syscall);
+            d.write_blocks(4, 50, Bytes::from(pattern(6, 4)))
+                .await
+                .expect("write");
+            let at = d.block_location(4, 52).expect("lookup").expect("present");
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(d.data_path())
+                .expect("data file");
+            let mut b = [0u8; 1];
+            f.seek(SeekFrom::Start(at + 17)).expect("seek");
+            f.read_exact(&mut b).expect("read");
+            f.seek(SeekFrom::Start(at + 17)).expect("seek");
+            f.write_all(&[b[0] ^ 0x40]).expect("write");
+            f.sync_all().expect("sync");
+            match d.read_blocks(4, 50, 4).await {
+                Err(DiskError::CorruptBlock {
+                    volume: 4,
+                    block: 52,
+                    ..
+                }) => {}
+                other => panic!("expected corruption of block 52, got {other:?}"),
+            }
+            // The blocks around it still read.
+            assert!(d.read_blocks(4, 50, 2).await.is_ok());
+        })
+    });
+}
+
+#[test]
+fn malformed_requests_are_refused() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = open(dir.path(), false);
+        let odd = d.write_blocks(1, 0, Bytes::from(vec![1u8; 4095])).await;
+        assert!(matches!(odd, Err(DiskError::BadBlockRange(_))));
+        let empty = d.write_blocks(1, 0, Bytes::new()).await;
+        assert!(matches!(empty, Err(DiskError::BadBlockRange(_))));
+        let wrap = d
+            .write_blocks(1, u64::MAX, Bytes::from(vec![0u8; 4096]))
+            .await;
+        assert!(matches!(wrap, Err(DiskError::BadBlockRange(_))));
+        assert!(matches!(
+            d.read_blocks(1, 0, 0).await,
+            Err(DiskError::BadBlockRange(_))
+        ));
+        assert!(matches!(
+            d.read_blocks(1, 0, 1 << 20).await,
+            Err(DiskError::BadBlockRange(_))
+        ));
+    });
+}
