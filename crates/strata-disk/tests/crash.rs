@@ -1,4 +1,4 @@
-//! Crash test: a child process writes chunks and records concurrently and reports every
+//! Crash test: a child process writes chunks, records and volume blocks concurrently and reports every
 //! acknowledged write; it is killed with SIGKILL at a random moment, and the parent reopens the
 //! disk and checks every acknowledged write survived byte for byte. Repeated on the same
 //! directory, so each round also recovers from the previous round's crash.
@@ -23,6 +23,9 @@ const TASKS: u64 = 8;
 const CHUNK_IDS: u64 = 240;
 const RECORD_KEYS: u64 = 80;
 const CAPACITY: u64 = 256 << 20;
+/// Volume blocks each task owns (tasks never share a block, so one op per block is in flight).
+const BLOCKS_PER_TASK: u64 = 32;
+const VOLUME: u64 = 42;
 
 fn chunk_id(n: u64) -> ChunkId {
     let mut h = blake3::Hasher::new();
@@ -47,6 +50,11 @@ fn record_key(k: u64) -> Vec<u8> {
 
 fn record_value(k: u64, ts: u64, tombstone: bool) -> Option<Vec<u8>> {
     (!tombstone).then(|| format!("value of {k} at {ts}").into_bytes())
+}
+
+/// Deterministic content of volume block `b` as written at `stamp`.
+fn block_content(b: u64, stamp: u64) -> Vec<u8> {
+    content(b | 1 << 63, stamp, 4096)
 }
 
 fn config(dir: &Path, round: u64) -> DiskConfig {
@@ -107,7 +115,7 @@ fn crash_child_writer() {
                     // Unique and increasing across rounds.
                     let stamp = (round + 1) * 1_000_000_000 + counter * TASKS + task;
                     let r = rng.gen_range(0..100);
-                    if r < 60 {
+                    if r < 55 {
                         let n = rng.gen_range(0..CHUNK_IDS / TASKS) * TASKS + task;
                         let len = pick_len(&mut rng);
                         say(format!("S C {n} {stamp} {len}"));
@@ -119,14 +127,14 @@ fn crash_child_writer() {
                             Err(DiskError::Full { .. }) => say(format!("F C {n}")),
                             Err(e) => fail(&say, e),
                         }
-                    } else if r < 75 {
+                    } else if r < 68 {
                         let n = rng.gen_range(0..CHUNK_IDS / TASKS) * TASKS + task;
                         say(format!("S D {n}"));
                         match disk.delete_chunk(chunk_id(n)).await {
                             Ok(()) => say(format!("A D {n}")),
                             Err(e) => fail(&say, e),
                         }
-                    } else if r < 95 {
+                    } else if r < 85 {
                         let k = rng.gen_range(0..RECORD_KEYS / TASKS) * TASKS + task;
                         // Some writes carry a stale timestamp and must lose to newer ones.
                         let ts = if rng.gen_bool(0.2) {
@@ -145,12 +153,33 @@ fn crash_child_writer() {
                             Ok(applied) => say(format!("A R {k} {ts} {t} {}", applied as u8)),
                             Err(e) => fail(&say, e),
                         }
-                    } else {
+                    } else if r < 90 {
                         let k = rng.gen_range(0..RECORD_KEYS / TASKS) * TASKS + task;
                         say(format!("S X {k}"));
                         match disk.remove_record(&record_key(k)).await {
                             Ok(()) => say(format!("A X {k}")),
                             Err(e) => fail(&say, e),
+                        }
+                    } else {
+                        let base = task * BLOCKS_PER_TASK;
+                        let first = base + rng.gen_range(0..BLOCKS_PER_TASK);
+                        let len = rng.gen_range(1..=8).min(base + BLOCKS_PER_TASK - first);
+                        if rng.gen_bool(0.8) {
+                            say(format!("S B {first} {len} {stamp}"));
+                            let data: Vec<u8> = (first..first + len)
+                                .flat_map(|b| block_content(b, stamp))
+                                .collect();
+                            match disk.write_blocks(VOLUME, first, Bytes::from(data)).await {
+                                Ok(()) => say(format!("A B {first} {len} {stamp}")),
+                                Err(DiskError::Full { .. }) => say(format!("F B {first} {len}")),
+                                Err(e) => fail(&say, e),
+                            }
+                        } else {
+                            say(format!("S T {first} {len}"));
+                            match disk.trim_blocks(VOLUME, first, len).await {
+                                Ok(()) => say(format!("A T {first} {len}")),
+                                Err(e) => fail(&say, e),
+                            }
                         }
                     }
                 }
@@ -204,6 +233,9 @@ fn apply_rec(state: &RecState, op: RecOp) -> RecState {
 /// What the parent knows: the definite state of every id at the start of a round, plus the
 /// round's acknowledged changes and the one operation per id that may have been in flight.
 struct Model {
+    /// Per volume block: the stamp of its content, or `None` for a hole.
+    blocks: Vec<Option<u64>>,
+    block_pending: Vec<Option<Option<u64>>>,
     chunks: Vec<ChunkState>,
     chunk_pending: Vec<Option<ChunkOp>>,
     records: Vec<RecState>,
@@ -246,6 +278,27 @@ impl Model {
                 self.acked += 1;
             }
             ("F", "C") => self.chunk_pending[num(2) as usize] = None,
+            ("S", "B") | ("S", "T") | ("A", "B") | ("A", "T") | ("F", "B") => {
+                let (first, len) = (num(2), num(3));
+                let after = match f[1] {
+                    "B" if f[0] != "F" => Some(num(4)),
+                    _ => None,
+                };
+                for b in first..first + len {
+                    let b = b as usize;
+                    match f[0] {
+                        "S" => self.block_pending[b] = Some(after),
+                        "A" => {
+                            self.blocks[b] = after;
+                            self.block_pending[b] = None;
+                        }
+                        _ => self.block_pending[b] = None,
+                    }
+                }
+                if f[0] == "A" {
+                    self.acked += 1;
+                }
+            }
             ("S", "R") => {
                 self.rec_pending[num(2) as usize] = Some(RecOp::Put {
                     ts: num(3),
@@ -320,6 +373,30 @@ async fn verify(dir: &Path, round: u64, model: &mut Model) {
         present,
         "round {round}: stray chunks"
     );
+    let slots = TASKS * BLOCKS_PER_TASK;
+    let read = disk
+        .read_blocks(VOLUME, 0, slots)
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: volume blocks unreadable: {e}"));
+    for b in 0..slots as usize {
+        let got = &read.data[b * 4096..(b + 1) * 4096];
+        let mut candidates = vec![model.blocks[b]];
+        if let Some(after) = model.block_pending[b].take() {
+            candidates.push(after);
+        }
+        let actual = candidates.iter().copied().find(|c| match c {
+            None => !read.present[b],
+            Some(stamp) => read.present[b] && got == block_content(b as u64, *stamp).as_slice(),
+        });
+        let Some(actual) = actual else {
+            panic!("round {round}: volume block {b} matches none of {candidates:?}");
+        };
+        if actual.is_some() {
+            used_blocks += 1;
+        }
+        model.blocks[b] = actual;
+    }
+
     let usage = disk.usage();
     assert_eq!(usage.chunks, present);
     assert_eq!(
@@ -365,6 +442,8 @@ async fn crash_survives_sigkill() {
             .as_secs(),
     );
     let mut model = Model {
+        blocks: vec![None; (TASKS * BLOCKS_PER_TASK) as usize],
+        block_pending: vec![None; (TASKS * BLOCKS_PER_TASK) as usize],
         chunks: vec![ChunkState::Absent; CHUNK_IDS as usize],
         chunk_pending: vec![None; CHUNK_IDS as usize],
         records: vec![RecState::Absent; RECORD_KEYS as usize],
