@@ -21,7 +21,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use strata_disk::{Disk, DiskError, Record};
+use strata_disk::{BlockRead, Disk, DiskError, Record};
 use strata_placement::Ring;
 use strata_types::{ChunkId, DiskId, NodeId};
 
@@ -70,9 +70,9 @@ pub struct DataConfig {
 
 /// A replica of a placement key: the disk and the node that owns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Replica {
-    disk: DiskId,
-    node: NodeId,
+pub struct Replica {
+    pub disk: DiskId,
+    pub node: NodeId,
 }
 
 /// Replicated I/O for one node. Cheap to share (`Arc`).
@@ -86,7 +86,12 @@ pub struct DataPlane {
 impl DataPlane {
     pub fn new(cfg: DataConfig, disks: BTreeMap<DiskId, Arc<Disk>>) -> Arc<Self> {
         let peers = peer::Peers::new(Duration::from_millis(cfg.rpc_timeout_ms));
-        Arc::new(DataPlane { cfg, disks, topology: RwLock::new(None), peers })
+        Arc::new(DataPlane {
+            cfg,
+            disks,
+            topology: RwLock::new(None),
+            peers,
+        })
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -106,7 +111,15 @@ impl DataPlane {
     }
 
     pub fn topology(&self) -> Option<Topology> {
-        self.topology.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.topology
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The replicas the ring names for a placement key, this node's first.
+    pub fn placement(&self, placement_key: &[u8]) -> Result<Vec<Replica>> {
+        self.replicas(placement_key)
     }
 
     fn replicas(&self, placement_key: &[u8]) -> Result<Vec<Replica>> {
@@ -127,7 +140,9 @@ impl DataPlane {
     }
 
     fn read_quorum(&self, replicas: usize) -> usize {
-        (replicas + 1).saturating_sub(self.write_quorum(replicas)).max(1)
+        (replicas + 1)
+            .saturating_sub(self.write_quorum(replicas))
+            .max(1)
     }
 
     fn local_disk(&self, disk: DiskId) -> Result<&Arc<Disk>> {
@@ -191,6 +206,68 @@ impl DataPlane {
         }
     }
 
+    // ---- volume blocks on one replica (the volume layer chooses replicas) ----
+
+    /// Write whole 4 KiB blocks of a volume on one replica; `Ok` means durable there.
+    pub async fn replica_write_blocks(
+        &self,
+        r: Replica,
+        volume: u64,
+        first_block: u64,
+        data: Bytes,
+    ) -> Result<()> {
+        if r.node == self.cfg.node_id {
+            Ok(self
+                .local_disk(r.disk)?
+                .write_blocks(volume, first_block, data)
+                .await?)
+        } else {
+            self.peers
+                .write_blocks(r.node, r.disk, volume, first_block, data)
+                .await
+        }
+    }
+
+    /// Read verified blocks of a volume from one replica; holes read as zeroes.
+    pub async fn replica_read_blocks(
+        &self,
+        r: Replica,
+        volume: u64,
+        first_block: u64,
+        count: u64,
+    ) -> Result<BlockRead> {
+        if r.node == self.cfg.node_id {
+            Ok(self
+                .local_disk(r.disk)?
+                .read_blocks(volume, first_block, count)
+                .await?)
+        } else {
+            self.peers
+                .read_blocks(r.node, r.disk, volume, first_block, count)
+                .await
+        }
+    }
+
+    /// Make blocks of a volume holes on one replica; `Ok` means durable there.
+    pub async fn replica_trim_blocks(
+        &self,
+        r: Replica,
+        volume: u64,
+        first_block: u64,
+        count: u64,
+    ) -> Result<()> {
+        if r.node == self.cfg.node_id {
+            Ok(self
+                .local_disk(r.disk)?
+                .trim_blocks(volume, first_block, count)
+                .await?)
+        } else {
+            self.peers
+                .trim_blocks(r.node, r.disk, volume, first_block, count)
+                .await
+        }
+    }
+
     // ---- replicated operations ----
 
     /// Write a chunk to every replica of `placement_key`; Ok once a write
@@ -248,11 +325,7 @@ impl DataPlane {
 
     /// Delete a chunk on every replica. Best effort beyond the quorum: a
     /// replica that misses the delete gets a hint.
-    pub async fn delete_chunk(
-        self: &Arc<Self>,
-        placement_key: &[u8],
-        id: ChunkId,
-    ) -> Result<()> {
+    pub async fn delete_chunk(self: &Arc<Self>, placement_key: &[u8], id: ChunkId) -> Result<()> {
         let replicas = self.replicas(placement_key)?;
         let needed = self.write_quorum(replicas.len());
         let target = Hint::chunk(placement_key, id);
@@ -327,7 +400,10 @@ impl DataPlane {
             }
         }
         if answers.len() < needed {
-            return Err(DataError::ReadQuorum { answered: answers.len(), needed });
+            return Err(DataError::ReadQuorum {
+                answered: answers.len(),
+                needed,
+            });
         }
         let newest = answers
             .iter()
@@ -336,7 +412,8 @@ impl DataPlane {
         if let Some(n) = &newest {
             for (r, rec) in &answers {
                 if rec.as_ref().map(|x| x.timestamp) != Some(n.timestamp) {
-                    self.add_hint(r.disk, Hint::record(placement_key, key)).await;
+                    self.add_hint(r.disk, Hint::record(placement_key, key))
+                        .await;
                 }
             }
         }
@@ -374,7 +451,10 @@ impl DataPlane {
             }
         }
         if answers.len() < needed {
-            return Err(DataError::ReadQuorum { answered: answers.len(), needed });
+            return Err(DataError::ReadQuorum {
+                answered: answers.len(),
+                needed,
+            });
         }
         Ok(merge_scans(answers, limit))
     }
@@ -392,8 +472,9 @@ impl DataPlane {
         let mut out = Vec::new();
         let mut cursor = start.to_vec();
         loop {
-            let (rows, more) =
-                self.scan_records(placement_key, &cursor, end, PAGE_ROWS).await?;
+            let (rows, more) = self
+                .scan_records(placement_key, &cursor, end, PAGE_ROWS)
+                .await?;
             if let Some((last, _)) = rows.last() {
                 cursor = next_key(last);
             }
@@ -477,27 +558,51 @@ mod tests {
     use super::*;
 
     fn rec(ts: u64, v: Option<&str>) -> Record {
-        Record { timestamp: ts, value: v.map(|s| s.as_bytes().to_vec()) }
+        Record {
+            timestamp: ts,
+            value: v.map(|s| s.as_bytes().to_vec()),
+        }
     }
 
     #[test]
     fn merge_takes_newest_and_keeps_tombstones() {
-        let a = vec![(b"a".to_vec(), rec(1, Some("old"))), (b"b".to_vec(), rec(5, None))];
-        let b = vec![(b"a".to_vec(), rec(2, Some("new"))), (b"b".to_vec(), rec(4, Some("x")))];
+        let a = vec![
+            (b"a".to_vec(), rec(1, Some("old"))),
+            (b"b".to_vec(), rec(5, None)),
+        ];
+        let b = vec![
+            (b"a".to_vec(), rec(2, Some("new"))),
+            (b"b".to_vec(), rec(4, Some("x"))),
+        ];
         let (rows, more) = merge_scans(vec![a, b], 10);
         assert!(!more);
-        assert_eq!(rows, vec![(b"a".to_vec(), rec(2, Some("new"))), (b"b".to_vec(), rec(5, None))]);
+        assert_eq!(
+            rows,
+            vec![
+                (b"a".to_vec(), rec(2, Some("new"))),
+                (b"b".to_vec(), rec(5, None))
+            ]
+        );
     }
 
     #[test]
     fn merge_stops_at_the_horizon_of_a_truncated_replica() {
         // Replica a was cut at "b" by the limit; it may hold "c" too, so the
         // merge must not claim to know anything past "b".
-        let a = vec![(b"a".to_vec(), rec(1, Some("1"))), (b"b".to_vec(), rec(1, Some("1")))];
-        let b = vec![(b"a".to_vec(), rec(1, Some("1"))), (b"d".to_vec(), rec(1, Some("1")))];
+        let a = vec![
+            (b"a".to_vec(), rec(1, Some("1"))),
+            (b"b".to_vec(), rec(1, Some("1"))),
+        ];
+        let b = vec![
+            (b"a".to_vec(), rec(1, Some("1"))),
+            (b"d".to_vec(), rec(1, Some("1"))),
+        ];
         let (rows, more) = merge_scans(vec![a, b], 2);
         assert!(more);
-        assert_eq!(rows.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(), [b"a", b"b"]);
+        assert_eq!(
+            rows.iter().map(|(k, _)| k.as_slice()).collect::<Vec<_>>(),
+            [b"a", b"b"]
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
-use strata_disk::Record;
+use strata_disk::{BlockRead, Record, BLOCK_BYTES};
 use strata_proto::v1 as pb;
 use strata_proto::v1::storage_client::StorageClient;
 use strata_types::{ChunkId, DiskId, NodeId};
@@ -21,28 +21,46 @@ pub(crate) struct Peers {
 }
 
 pub(crate) fn to_pb(rec: &Record) -> pb::Record {
-    pb::Record { timestamp: rec.timestamp, value: rec.value.clone() }
+    pb::Record {
+        timestamp: rec.timestamp,
+        value: rec.value.clone(),
+    }
 }
 
 pub(crate) fn from_pb(rec: pb::Record) -> Record {
-    Record { timestamp: rec.timestamp, value: rec.value }
+    Record {
+        timestamp: rec.timestamp,
+        value: rec.value,
+    }
 }
 
 impl Peers {
     pub(crate) fn new(timeout: Duration) -> Self {
-        Peers { timeout, addrs: Mutex::default(), clients: Mutex::default() }
+        Peers {
+            timeout,
+            addrs: Mutex::default(),
+            clients: Mutex::default(),
+        }
     }
 
     pub(crate) fn set_addr(&self, node: NodeId, addr: &str) {
         let mut addrs = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
         if addrs.get(&node).map(String::as_str) != Some(addr) {
             addrs.insert(node, addr.to_string());
-            self.clients.lock().unwrap_or_else(|e| e.into_inner()).remove(&node);
+            self.clients
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&node);
         }
     }
 
     fn client(&self, node: NodeId) -> Result<StorageClient<Channel>> {
-        if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(&node) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&node)
+        {
             return Ok(c.clone());
         }
         let addr = self
@@ -51,16 +69,25 @@ impl Peers {
             .unwrap_or_else(|e| e.into_inner())
             .get(&node)
             .cloned()
-            .ok_or_else(|| DataError::Rpc { node, message: "no address known".into() })?;
+            .ok_or_else(|| DataError::Rpc {
+                node,
+                message: "no address known".into(),
+            })?;
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| DataError::Rpc { node, message: e.to_string() })?
+            .map_err(|e| DataError::Rpc {
+                node,
+                message: e.to_string(),
+            })?
             .connect_timeout(Duration::from_millis(500))
             .timeout(self.timeout)
             .tcp_nodelay(true);
         let client = StorageClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX);
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(node, client.clone());
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node, client.clone());
         Ok(client)
     }
 
@@ -78,7 +105,10 @@ impl Peers {
             data: data.to_vec(),
             blake3: hash.as_bytes().to_vec(),
         };
-        self.client(node)?.put_chunk(req).await.map_err(|s| rpc_err(node, s))?;
+        self.client(node)?
+            .put_chunk(req)
+            .await
+            .map_err(|s| rpc_err(node, s))?;
         Ok(())
     }
 
@@ -88,8 +118,15 @@ impl Peers {
         disk: DiskId,
         id: ChunkId,
     ) -> Result<Option<Bytes>> {
-        let req = pb::GetChunkRequest { disk_id: disk, chunk_id: id.0.to_vec() };
-        let resp = self.client(node)?.get_chunk(req).await.map_err(|s| rpc_err(node, s))?;
+        let req = pb::GetChunkRequest {
+            disk_id: disk,
+            chunk_id: id.0.to_vec(),
+        };
+        let resp = self
+            .client(node)?
+            .get_chunk(req)
+            .await
+            .map_err(|s| rpc_err(node, s))?;
         let resp = resp.into_inner();
         if !resp.found {
             return Ok(None);
@@ -106,8 +143,14 @@ impl Peers {
     }
 
     pub(crate) async fn delete_chunk(&self, node: NodeId, disk: DiskId, id: ChunkId) -> Result<()> {
-        let req = pb::DeleteChunkRequest { disk_id: disk, chunk_id: id.0.to_vec() };
-        self.client(node)?.delete_chunk(req).await.map_err(|s| rpc_err(node, s))?;
+        let req = pb::DeleteChunkRequest {
+            disk_id: disk,
+            chunk_id: id.0.to_vec(),
+        };
+        self.client(node)?
+            .delete_chunk(req)
+            .await
+            .map_err(|s| rpc_err(node, s))?;
         Ok(())
     }
 
@@ -118,8 +161,15 @@ impl Peers {
         key: &[u8],
         rec: Record,
     ) -> Result<()> {
-        let req = pb::PutRecordRequest { disk_id: disk, key: key.to_vec(), record: Some(to_pb(&rec)) };
-        self.client(node)?.put_record(req).await.map_err(|s| rpc_err(node, s))?;
+        let req = pb::PutRecordRequest {
+            disk_id: disk,
+            key: key.to_vec(),
+            record: Some(to_pb(&rec)),
+        };
+        self.client(node)?
+            .put_record(req)
+            .await
+            .map_err(|s| rpc_err(node, s))?;
         Ok(())
     }
 
@@ -129,8 +179,15 @@ impl Peers {
         disk: DiskId,
         key: &[u8],
     ) -> Result<Option<Record>> {
-        let req = pb::GetRecordRequest { disk_id: disk, key: key.to_vec() };
-        let resp = self.client(node)?.get_record(req).await.map_err(|s| rpc_err(node, s))?;
+        let req = pb::GetRecordRequest {
+            disk_id: disk,
+            key: key.to_vec(),
+        };
+        let resp = self
+            .client(node)?
+            .get_record(req)
+            .await
+            .map_err(|s| rpc_err(node, s))?;
         Ok(resp.into_inner().record.map(from_pb))
     }
 
@@ -148,13 +205,99 @@ impl Peers {
             end: end.map(|e| e.to_vec()).unwrap_or_default(),
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
         };
-        let resp = self.client(node)?.scan_records(req).await.map_err(|s| rpc_err(node, s))?;
+        let resp = self
+            .client(node)?
+            .scan_records(req)
+            .await
+            .map_err(|s| rpc_err(node, s))?;
         Ok(resp
             .into_inner()
             .records
             .into_iter()
             .filter_map(|kr| kr.record.map(|r| (kr.key, from_pb(r))))
             .collect())
+    }
+
+    pub(crate) async fn write_blocks(
+        &self,
+        node: NodeId,
+        disk: DiskId,
+        volume: u64,
+        first_block: u64,
+        data: Bytes,
+    ) -> Result<()> {
+        let req = pb::WriteBlocksRequest {
+            disk_id: disk,
+            volume,
+            first_block,
+            crc32c: crc32c::crc32c(&data),
+            data: data.to_vec(),
+        };
+        self.client(node)?
+            .write_blocks(req)
+            .await
+            .map_err(|s| rpc_err(node, s))?;
+        Ok(())
+    }
+
+    pub(crate) async fn read_blocks(
+        &self,
+        node: NodeId,
+        disk: DiskId,
+        volume: u64,
+        first_block: u64,
+        count: u64,
+    ) -> Result<BlockRead> {
+        let req = pb::ReadBlocksRequest {
+            disk_id: disk,
+            volume,
+            first_block,
+            count,
+        };
+        let resp = self
+            .client(node)?
+            .read_blocks(req)
+            .await
+            .map_err(|s| rpc_err(node, s))?;
+        let resp = resp.into_inner();
+        let expected_len = usize::try_from(count)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(BLOCK_BYTES);
+        if crc32c::crc32c(&resp.data) != resp.crc32c
+            || resp.data.len() != expected_len
+            || resp.present.len() as u64 != count
+        {
+            return Err(DataError::Disk(strata_disk::DiskError::CorruptBlock {
+                volume,
+                block: first_block,
+                what: "bad block read after transfer",
+            }));
+        }
+        Ok(BlockRead {
+            data: Bytes::from(resp.data),
+            present: resp.present,
+        })
+    }
+
+    pub(crate) async fn trim_blocks(
+        &self,
+        node: NodeId,
+        disk: DiskId,
+        volume: u64,
+        first_block: u64,
+        count: u64,
+    ) -> Result<()> {
+        let req = pb::TrimBlocksRequest {
+            disk_id: disk,
+            volume,
+            first_block,
+            count,
+        };
+        self.client(node)?
+            .trim_blocks(req)
+            .await
+            .map_err(|s| rpc_err(node, s))?;
+        Ok(())
     }
 
     pub(crate) async fn node_status(&self, node: NodeId) -> Result<pb::NodeStatusResponse> {
@@ -168,5 +311,8 @@ impl Peers {
 }
 
 fn rpc_err(node: NodeId, status: tonic::Status) -> DataError {
-    DataError::Rpc { node, message: format!("{:?}: {}", status.code(), status.message()) }
+    DataError::Rpc {
+        node,
+        message: format!("{:?}: {}", status.code(), status.message()),
+    }
 }

@@ -41,7 +41,10 @@ fn chunk_id(b: &[u8]) -> Result<ChunkId, Status> {
 fn disk_status(e: DiskError) -> Status {
     match e {
         DiskError::Corrupt { .. } => Status::data_loss(e.to_string()),
-        DiskError::TooLarge { .. } => Status::invalid_argument(e.to_string()),
+        DiskError::CorruptBlock { .. } => Status::data_loss(e.to_string()),
+        DiskError::TooLarge { .. } | DiskError::BadBlockRange(_) => {
+            Status::invalid_argument(e.to_string())
+        }
         DiskError::Full { .. } => Status::resource_exhausted(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
@@ -59,7 +62,10 @@ impl Storage for StorageService {
             tracing::warn!(chunk = ?id, "refusing a chunk whose bytes do not match its hash");
             return Err(Status::data_loss("chunk bytes do not match their blake3"));
         }
-        self.disk(req.disk_id)?.put_chunk(id, Bytes::from(req.data)).await.map_err(disk_status)?;
+        self.disk(req.disk_id)?
+            .put_chunk(id, Bytes::from(req.data))
+            .await
+            .map_err(disk_status)?;
         Ok(Response::new(pb::PutChunkResponse {}))
     }
 
@@ -69,7 +75,11 @@ impl Storage for StorageService {
     ) -> Result<Response<pb::GetChunkResponse>, Status> {
         let req = req.into_inner();
         let id = chunk_id(&req.chunk_id)?;
-        let found = self.disk(req.disk_id)?.get_chunk(id).await.map_err(disk_status)?;
+        let found = self
+            .disk(req.disk_id)?
+            .get_chunk(id)
+            .await
+            .map_err(disk_status)?;
         Ok(Response::new(match found {
             Some(data) => pb::GetChunkResponse {
                 found: true,
@@ -86,7 +96,10 @@ impl Storage for StorageService {
     ) -> Result<Response<pb::DeleteChunkResponse>, Status> {
         let req = req.into_inner();
         let id = chunk_id(&req.chunk_id)?;
-        self.disk(req.disk_id)?.delete_chunk(id).await.map_err(disk_status)?;
+        self.disk(req.disk_id)?
+            .delete_chunk(id)
+            .await
+            .map_err(disk_status)?;
         Ok(Response::new(pb::DeleteChunkResponse {}))
     }
 
@@ -95,7 +108,9 @@ impl Storage for StorageService {
         req: Request<pb::PutRecordRequest>,
     ) -> Result<Response<pb::PutRecordResponse>, Status> {
         let req = req.into_inner();
-        let rec = req.record.ok_or_else(|| Status::invalid_argument("record missing"))?;
+        let rec = req
+            .record
+            .ok_or_else(|| Status::invalid_argument("record missing"))?;
         let applied = self
             .disk(req.disk_id)?
             .put_record(&req.key, from_pb(rec))
@@ -109,8 +124,13 @@ impl Storage for StorageService {
         req: Request<pb::GetRecordRequest>,
     ) -> Result<Response<pb::GetRecordResponse>, Status> {
         let req = req.into_inner();
-        let rec = self.disk(req.disk_id)?.get_record(&req.key).map_err(disk_status)?;
-        Ok(Response::new(pb::GetRecordResponse { record: rec.as_ref().map(to_pb) }))
+        let rec = self
+            .disk(req.disk_id)?
+            .get_record(&req.key)
+            .map_err(disk_status)?;
+        Ok(Response::new(pb::GetRecordResponse {
+            record: rec.as_ref().map(to_pb),
+        }))
     }
 
     async fn scan_records(
@@ -127,9 +147,60 @@ impl Storage for StorageService {
             .map_err(disk_status)?;
         let records = rows
             .into_iter()
-            .map(|(key, rec)| pb::KeyedRecord { key, record: Some(to_pb(&rec)) })
+            .map(|(key, rec)| pb::KeyedRecord {
+                key,
+                record: Some(to_pb(&rec)),
+            })
             .collect();
         Ok(Response::new(pb::ScanRecordsResponse { records }))
+    }
+
+    async fn write_blocks(
+        &self,
+        req: Request<pb::WriteBlocksRequest>,
+    ) -> Result<Response<pb::WriteBlocksResponse>, Status> {
+        let req = req.into_inner();
+        if crc32c::crc32c(&req.data) != req.crc32c {
+            tracing::warn!(
+                volume = req.volume,
+                "refusing blocks whose bytes do not match their crc"
+            );
+            return Err(Status::data_loss("block bytes do not match their crc32c"));
+        }
+        self.disk(req.disk_id)?
+            .write_blocks(req.volume, req.first_block, Bytes::from(req.data))
+            .await
+            .map_err(disk_status)?;
+        Ok(Response::new(pb::WriteBlocksResponse {}))
+    }
+
+    async fn read_blocks(
+        &self,
+        req: Request<pb::ReadBlocksRequest>,
+    ) -> Result<Response<pb::ReadBlocksResponse>, Status> {
+        let req = req.into_inner();
+        let read = self
+            .disk(req.disk_id)?
+            .read_blocks(req.volume, req.first_block, req.count)
+            .await
+            .map_err(disk_status)?;
+        Ok(Response::new(pb::ReadBlocksResponse {
+            crc32c: crc32c::crc32c(&read.data),
+            data: read.data.to_vec(),
+            present: read.present,
+        }))
+    }
+
+    async fn trim_blocks(
+        &self,
+        req: Request<pb::TrimBlocksRequest>,
+    ) -> Result<Response<pb::TrimBlocksResponse>, Status> {
+        let req = req.into_inner();
+        self.disk(req.disk_id)?
+            .trim_blocks(req.volume, req.first_block, req.count)
+            .await
+            .map_err(disk_status)?;
+        Ok(Response::new(pb::TrimBlocksResponse {}))
     }
 
     async fn node_status(
