@@ -26,8 +26,9 @@ quiet() {
 
 # --- Debian packages --------------------------------------------------------------------
 # clang + libclang-dev: bindgen for the rocksdb bindings; protobuf-compiler: tonic-build;
-# rclone: a further real Swift client for tests.
-APT_PACKAGES=(clang libclang-dev protobuf-compiler rclone)
+# rclone: a further real Swift client for tests; libnbd-bin (nbdinfo, nbdcopy) and qemu-utils
+# (qemu-img, qemu-io): real NBD clients for the NBD server tests.
+APT_PACKAGES=(clang libclang-dev protobuf-compiler rclone libnbd-bin qemu-utils)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     if ! dpkg -s "$p" >/dev/null 2>&1; then
@@ -72,4 +73,23 @@ if command -v rustup >/dev/null 2>&1; then
             quiet rustup component add "$c"
         fi
     done
+fi
+
+# --- OpenStack Swift's functional tests -------------------------------------------------
+# The swift 2.38.3 sdist, unpacked next to the venv (outside the clone), installed with what
+# its test/functional suite needs; tests/integration/test_swift_functional.py runs it.
+SWIFT_VERSION=2.38.3
+SWIFT_SRC="$(dirname "$STRATA_VENV")/swift-$SWIFT_VERSION"
+if [[ ! -f "$SWIFT_SRC/test/functional/tests.py" ]]; then
+    log "fetching the swift $SWIFT_VERSION sdist into $SWIFT_SRC"
+    sdist_dir="$(mktemp -d)"
+    quiet "$STRATA_VENV/bin/python" -m pip download -q --disable-pip-version-check \
+        --no-deps --no-binary :all: "swift==$SWIFT_VERSION" -d "$sdist_dir"
+    tar -xzf "$sdist_dir/swift-$SWIFT_VERSION.tar.gz" -C "$(dirname "$SWIFT_SRC")"
+    rm -rf "$sdist_dir"
+fi
+if ! "$STRATA_VENV/bin/python" -c "import swift, pytest_subtests, keystoneclient" >/dev/null 2>&1; then
+    log "installing swift $SWIFT_VERSION and its functional-test needs into $STRATA_VENV"
+    quiet "$STRATA_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+        "$SWIFT_SRC" pytest-subtests python-keystoneclient
 fi
