@@ -93,10 +93,11 @@ class Ports:
     keystone: int
     swift: int
     rpc: int
+    nbd: int
 
     @classmethod
     def allocate(cls, host: str) -> "Ports":
-        return cls(*free_ports(host, 3))
+        return cls(*free_ports(host, 4))
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ def render_config(
         f"keystone = {ports.keystone}",
         f"swift = {ports.swift}",
         f"rpc = {ports.rpc}",
+        f"nbd = {ports.nbd}",
         "",
         "[[disks]]",
         'path = "disk0"',
@@ -255,6 +257,19 @@ class Node:
     @property
     def keystone_url(self) -> str:
         return f"http://{self.bind}:{self.ports.keystone}/v3"
+
+    def nbd_url(self, export: str) -> str:
+        return f"nbd://{self.bind}:{self.ports.nbd}/{export}"
+
+    def admin(self, *args: str, timeout: float = 60) -> str:
+        """Runs `strata admin ARGS --rpc <this node>` and returns its output."""
+        p = subprocess.run(
+            [str(self.binary), "admin", *args, "--rpc", f"{self.bind}:{self.ports.rpc}"],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if p.returncode != 0:
+            raise NodeError(f"strata admin {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
+        return p.stdout
 
     # --- process control ---------------------------------------------------------------
 

@@ -82,6 +82,31 @@ impl AdminService {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::VolumeResponse>, Status> {
+        let req = req.into_inner();
+        let spec = strata_volume::create(self.meta.as_ref(), &req.name, req.size_bytes)
+            .await
+            .map_err(|e| match e {
+                strata_volume::VolumeError::Exists(_) => Status::already_exists(e.to_string()),
+                strata_volume::VolumeError::Invalid(_) => Status::invalid_argument(e.to_string()),
+                _ => Status::unavailable(e.to_string()),
+            })?;
+        let json = serde_json::to_string(&spec).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::VolumeResponse { json }))
+    }
+
+    async fn list_volumes(
+        &self,
+        _req: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::VolumeResponse>, Status> {
+        let volumes = strata_volume::list_local(self.meta.as_ref());
+        let json = serde_json::to_string(&volumes).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::VolumeResponse { json }))
+    }
+
     async fn cluster_status(
         &self,
         _req: Request<pb::ClusterStatusRequest>,
@@ -104,7 +129,10 @@ fn human_bytes(b: u64) -> String {
 
 pub async fn print_status(addr: &str, raw: bool) -> anyhow::Result<()> {
     let mut client = pb::admin_client::AdminClient::connect(format!("http://{addr}")).await?;
-    let resp = client.cluster_status(pb::ClusterStatusRequest {}).await?.into_inner();
+    let resp = client
+        .cluster_status(pb::ClusterStatusRequest {})
+        .await?
+        .into_inner();
     let doc: serde_json::Value = serde_json::from_str(&resp.json)?;
     if raw {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -122,7 +150,11 @@ pub async fn print_status(addr: &str, raw: bool) -> anyhow::Result<()> {
     );
     println!("nodes:");
     for n in doc["nodes"].as_array().into_iter().flatten() {
-        let state = if n["up"].as_bool() == Some(true) { "up" } else { "DOWN" };
+        let state = if n["up"].as_bool() == Some(true) {
+            "up"
+        } else {
+            "DOWN"
+        };
         println!(
             "  node {}  {}  rpc {}  zone {}  voter {}  pending hints {}",
             n["id"],
@@ -147,4 +179,62 @@ pub async fn print_status(addr: &str, raw: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+pub async fn create_volume(addr: &str, name: &str, size_bytes: u64) -> anyhow::Result<()> {
+    let mut client = pb::admin_client::AdminClient::connect(format!("http://{addr}")).await?;
+    let req = pb::CreateVolumeRequest {
+        name: name.into(),
+        size_bytes,
+    };
+    let resp = client.create_volume(req).await?.into_inner();
+    println!("{}", resp.json);
+    Ok(())
+}
+
+pub async fn list_volumes(addr: &str) -> anyhow::Result<()> {
+    let mut client = pb::admin_client::AdminClient::connect(format!("http://{addr}")).await?;
+    let resp = client
+        .list_volumes(pb::ListVolumesRequest {})
+        .await?
+        .into_inner();
+    let doc: serde_json::Value = serde_json::from_str(&resp.json)?;
+    for v in doc.as_array().into_iter().flatten() {
+        println!(
+            "{}  {} bytes  id {}",
+            v["name"].as_str().unwrap_or("?"),
+            v["size_bytes"],
+            v["id"]
+        );
+    }
+    Ok(())
+}
+
+/// `256M`, `1G`, `4096`: a size in bytes with an optional binary suffix.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 30),
+        Some((i, 'T' | 't')) => (&s[..i], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse().map_err(|_| anyhow::anyhow!("bad size {s:?}"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }

@@ -50,6 +50,9 @@ pub struct Ports {
     /// Node-to-node gRPC (Raft and replica I/O).
     #[serde(default = "default_rpc")]
     pub rpc: u16,
+    /// NBD exports of block volumes.
+    #[serde(default = "default_nbd")]
+    pub nbd: u16,
 }
 
 /// One disk of a node.
@@ -122,6 +125,9 @@ fn default_swift() -> u16 {
 fn default_rpc() -> u16 {
     7400
 }
+fn default_nbd() -> u16 {
+    10809
+}
 fn default_capacity() -> u64 {
     8 << 30
 }
@@ -148,7 +154,12 @@ fn default_disks() -> Vec<DiskSection> {
 
 impl Default for Ports {
     fn default() -> Self {
-        Ports { keystone: default_keystone(), swift: default_swift(), rpc: default_rpc() }
+        Ports {
+            keystone: default_keystone(),
+            swift: default_swift(),
+            rpc: default_rpc(),
+            nbd: default_nbd(),
+        }
     }
 }
 
@@ -175,7 +186,8 @@ impl NodeConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let cfg: NodeConfig =
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        cfg.validate().with_context(|| format!("checking {}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("checking {}", path.display()))?;
         Ok(cfg)
     }
 
@@ -205,7 +217,11 @@ impl NodeConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         let c = &self.cluster;
         if c.replicas == 0 || c.write_quorum == 0 || c.write_quorum > c.replicas {
-            bail!("need 1 <= write-quorum <= replicas (got {} of {})", c.write_quorum, c.replicas);
+            bail!(
+                "need 1 <= write-quorum <= replicas (got {} of {})",
+                c.write_quorum,
+                c.replicas
+            );
         }
         if !(4..=20).contains(&c.part_power) {
             bail!("part-power must be within 4..=20, got {}", c.part_power);
@@ -224,7 +240,11 @@ impl NodeConfig {
             bail!("duplicate node id in [[cluster.nodes]]");
         }
         if usize::from(c.replicas) > members.len() {
-            bail!("{} replicas need at least as many nodes, have {}", c.replicas, members.len());
+            bail!(
+                "{} replicas need at least as many nodes, have {}",
+                c.replicas,
+                members.len()
+            );
         }
         Ok(())
     }

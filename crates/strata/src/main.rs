@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "A storage-first cloud: Swift and Keystone on a replicated core")]
+#[command(
+    name = "strata",
+    version,
+    about = "A storage-first cloud: Swift and Keystone on a replicated core"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,6 +56,29 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Block volumes (exported over NBD by every node).
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum VolumeCommand {
+    /// Create a thin volume.
+    Create {
+        name: String,
+        /// Size in bytes, or with a K/M/G/T suffix (multiple of 4 KiB).
+        size: String,
+        /// A node's rpc address; defaults to 127.0.0.1:7400.
+        #[arg(long)]
+        rpc: Option<String>,
+    },
+    /// List volumes.
+    List {
+        #[arg(long)]
+        rpc: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,16 +90,38 @@ fn main() -> anyhow::Result<()> {
         )
         .with_target(false)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Serve(args) => rt.block_on(node::serve(args)),
-        Command::Admin { command: AdminCommand::Status { rpc, config, json } } => {
+        Command::Admin {
+            command: AdminCommand::Status { rpc, config, json },
+        } => {
             let addr = match (rpc, config) {
                 (Some(a), _) => a,
                 (None, Some(path)) => config::NodeConfig::load(&path)?.rpc_addr(),
                 (None, None) => config::NodeConfig::default().rpc_addr(),
             };
             rt.block_on(admin::print_status(&addr, json))
+        }
+        Command::Admin {
+            command: AdminCommand::Volume { command },
+        } => {
+            let default_rpc = || config::NodeConfig::default().rpc_addr();
+            match command {
+                VolumeCommand::Create { name, size, rpc } => {
+                    let size = admin::parse_size(&size)?;
+                    rt.block_on(admin::create_volume(
+                        &rpc.unwrap_or_else(default_rpc),
+                        &name,
+                        size,
+                    ))
+                }
+                VolumeCommand::List { rpc } => {
+                    rt.block_on(admin::list_volumes(&rpc.unwrap_or_else(default_rpc)))
+                }
+            }
         }
     }
 }

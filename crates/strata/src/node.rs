@@ -70,7 +70,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let rpc = tonic::transport::Server::builder()
         .add_service(meta.raft_service())
         .add_service(StorageService::server(data.clone()))
-        .add_service(crate::admin::AdminService::server(meta.clone(), data.clone()))
+        .add_service(crate::admin::AdminService::server(
+            meta.clone(),
+            data.clone(),
+        ))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(rpc_listener));
     tokio::spawn(async move {
         if let Err(e) = rpc.await {
@@ -79,15 +82,33 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     tracing::info!(node = cfg.node_id, %rpc_addr, "rpc listening");
 
-    meta.bootstrap().await.context("bootstrapping the meta group")?;
+    meta.bootstrap()
+        .await
+        .context("bootstrapping the meta group")?;
     let leader = wait_leader(&meta).await?;
     tracing::info!(leader, "meta group has a leader");
 
     let ring = ensure_ring(meta.as_ref(), &cfg).await?;
     let addrs: HashMap<u64, String> = members.iter().map(|m| (m.id, m.rpc.clone())).collect();
-    data.set_topology(Topology { ring: Arc::new(ring), addrs: addrs.clone() });
+    data.set_topology(Topology {
+        ring: Arc::new(ring),
+        addrs: addrs.clone(),
+    });
     spawn_ring_watcher(meta.clone(), data.clone(), addrs);
     data.spawn_hint_replayer();
+
+    let nbd_addr = format!("{}:{}", cfg.bind, cfg.ports.nbd);
+    let nbd_listener = tokio::net::TcpListener::bind(&nbd_addr)
+        .await
+        .with_context(|| format!("binding nbd {nbd_addr}"))?;
+    let exports = strata_nbd::Exports::new();
+    spawn_volume_exports(meta.clone(), data.clone(), exports.clone());
+    tokio::spawn(async move {
+        if let Err(e) = strata_nbd::serve_tcp(nbd_listener, exports).await {
+            tracing::error!(error = %e, "nbd server stopped");
+        }
+    });
+    tracing::info!(%nbd_addr, "nbd listening");
 
     let host = cfg.public_host().to_string();
     let swift_url = format!("http://{host}:{}", cfg.ports.swift);
@@ -106,10 +127,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             image_url: format!("http://{host}:9292"),
         },
     );
-    identity.bootstrap(&password).await.context("bootstrapping identity")?;
+    identity
+        .bootstrap(&password)
+        .await
+        .context("bootstrapping identity")?;
 
     let objects = strata_object::ObjectService::new(data.clone(), store);
-    let swift = strata_swift::router(Arc::new(SwiftGateway { objects, identity: identity.clone() }));
+    let swift = strata_swift::router(Arc::new(SwiftGateway {
+        objects,
+        identity: identity.clone(),
+    }));
     let keystone = identity.router();
 
     let swift_addr = format!("{}:{}", cfg.bind, cfg.ports.swift);
@@ -162,7 +189,10 @@ fn admin_password(cfg: &NodeConfig, given: Option<String>) -> anyhow::Result<Str
     }
     let p = hex::encode(rand::random::<[u8; 12]>());
     write_private(&path, &p)?;
-    println!("generated admin password: {p}  (saved in {})", path.display());
+    println!(
+        "generated admin password: {p}  (saved in {})",
+        path.display()
+    );
     Ok(p)
 }
 
@@ -220,7 +250,12 @@ fn configured_ring(cfg: &NodeConfig) -> RingSpec {
             })
         })
         .collect();
-    RingSpec { version: 1, part_power: cfg.cluster.part_power, replicas: cfg.cluster.replicas, devices }
+    RingSpec {
+        version: 1,
+        part_power: cfg.cluster.part_power,
+        replicas: cfg.cluster.replicas,
+        devices,
+    }
 }
 
 /// Load the ring from the meta group, storing the configured one first if
@@ -229,8 +264,15 @@ async fn ensure_ring(meta: &dyn MetaStore, cfg: &NodeConfig) -> anyhow::Result<R
     let spec = configured_ring(cfg);
     let encoded = serde_json::to_vec(&spec)?;
     meta.write(Txn {
-        checks: vec![Check::Absent { table: CLUSTER_TABLE.into(), key: RING_KEY.into() }],
-        ops: vec![Op::Put { table: CLUSTER_TABLE.into(), key: RING_KEY.into(), value: encoded }],
+        checks: vec![Check::Absent {
+            table: CLUSTER_TABLE.into(),
+            key: RING_KEY.into(),
+        }],
+        ops: vec![Op::Put {
+            table: CLUSTER_TABLE.into(),
+            key: RING_KEY.into(),
+            value: encoded,
+        }],
     })
     .await
     .context("storing the ring")?;
@@ -248,8 +290,12 @@ fn spawn_ring_watcher(meta: Arc<Meta>, data: Arc<DataPlane>, addrs: HashMap<u64,
     tokio::spawn(async move {
         let mut version = data.topology().map(|t| t.ring.version()).unwrap_or(0);
         while applied.changed().await.is_ok() {
-            let Some(raw) = meta.get_local(CLUSTER_TABLE, RING_KEY) else { continue };
-            let Ok(spec) = serde_json::from_slice::<RingSpec>(&raw) else { continue };
+            let Some(raw) = meta.get_local(CLUSTER_TABLE, RING_KEY) else {
+                continue;
+            };
+            let Ok(spec) = serde_json::from_slice::<RingSpec>(&raw) else {
+                continue;
+            };
             if spec.version == version {
                 continue;
             }
@@ -257,9 +303,49 @@ fn spawn_ring_watcher(meta: Arc<Meta>, data: Arc<DataPlane>, addrs: HashMap<u64,
                 Ok(ring) => {
                     version = ring.version();
                     tracing::info!(version, "ring updated");
-                    data.set_topology(Topology { ring: Arc::new(ring), addrs: addrs.clone() });
+                    data.set_topology(Topology {
+                        ring: Arc::new(ring),
+                        addrs: addrs.clone(),
+                    });
                 }
                 Err(e) => tracing::error!(error = %e, "refusing an invalid ring"),
+            }
+        }
+    });
+}
+
+/// Keep the NBD exports equal to the volume records: one export per volume, named after it.
+fn spawn_volume_exports(meta: Arc<Meta>, data: Arc<DataPlane>, exports: strata_nbd::Exports) {
+    let mut applied = meta.subscribe_applied();
+    tokio::spawn(async move {
+        let mut known: HashMap<String, u64> = HashMap::new();
+        loop {
+            let volumes = strata_volume::list_local(meta.as_ref());
+            for spec in &volumes {
+                if known.get(&spec.name) == Some(&spec.id) {
+                    continue;
+                }
+                let name = spec.name.clone();
+                match exports.insert(
+                    name.clone(),
+                    strata_volume::Volume::new(spec.clone(), data.clone()),
+                ) {
+                    Ok(_) => {
+                        tracing::info!(volume = %name, "volume exported over nbd");
+                        known.insert(name, spec.id);
+                    }
+                    Err(e) => tracing::error!(volume = %name, error = %e, "cannot export volume"),
+                }
+            }
+            known.retain(|name, _| {
+                let keep = volumes.iter().any(|v| &v.name == name);
+                if !keep {
+                    exports.remove(name);
+                }
+                keep
+            });
+            if applied.changed().await.is_err() {
+                return;
             }
         }
     });
@@ -283,8 +369,15 @@ async fn publish_node(
     if meta.get_local(NODES_TABLE, &key).as_deref() == Some(value.as_slice()) {
         return Ok(());
     }
-    meta.write(Txn { checks: vec![], ops: vec![Op::Put { table: NODES_TABLE.into(), key, value }] })
-        .await
-        .context("publishing this node")?;
+    meta.write(Txn {
+        checks: vec![],
+        ops: vec![Op::Put {
+            table: NODES_TABLE.into(),
+            key,
+            value,
+        }],
+    })
+    .await
+    .context("publishing this node")?;
     Ok(())
 }
