@@ -16,7 +16,7 @@ from harness import CLUSTER_ADDRS, DISK_BYTES, Cluster, Node, NodeError, free_po
 # The keys `strata serve --config` accepts (it refuses unknown ones).
 TOP_KEYS = {"node-id", "zone", "data-dir", "bind", "public-host", "ports", "admin-password",
             "disks", "cluster"}  # fmt: skip
-PORT_KEYS = {"keystone", "swift", "rpc"}
+PORT_KEYS = {"keystone", "swift", "rpc", "nbd"}
 DISK_KEYS = {"path", "device", "capacity-bytes", "weight"}
 CLUSTER_KEYS = {"replicas", "write-quorum", "part-power", "nodes"}
 MEMBER_KEYS = {"id", "rpc", "zone", "disks", "weight"}
@@ -42,7 +42,9 @@ def test_cluster_configs(tmp_path):
     c = Cluster(binary=Path("/nonexistent/strata"), workdir=tmp_path, password="pw")
     configs = [tomllib.loads(n.config_path.read_text()) for n in c.nodes]
 
-    all_ports = [p for n in c.nodes for p in (n.ports.keystone, n.ports.swift, n.ports.rpc)]
+    all_ports = [
+        p for n in c.nodes for p in (n.ports.keystone, n.ports.swift, n.ports.rpc, n.ports.nbd)
+    ]
     assert len(set(all_ports)) == len(all_ports)
 
     for i, (node, cfg) in enumerate(zip(c.nodes, configs), start=1):
@@ -58,6 +60,7 @@ def test_cluster_configs(tmp_path):
             "keystone": node.ports.keystone,
             "swift": node.ports.swift,
             "rpc": node.ports.rpc,
+            "nbd": node.ports.nbd,
         }
         [disk] = cfg["disks"]
         assert set(disk) <= DISK_KEYS

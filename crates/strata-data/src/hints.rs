@@ -35,10 +35,16 @@ pub struct Hint {
 
 impl Hint {
     pub fn chunk(placement_key: &[u8], id: ChunkId) -> Self {
-        Hint { placement_key: placement_key.to_vec(), item: HintItem::Chunk(id) }
+        Hint {
+            placement_key: placement_key.to_vec(),
+            item: HintItem::Chunk(id),
+        }
     }
     pub fn record(placement_key: &[u8], key: &[u8]) -> Self {
-        Hint { placement_key: placement_key.to_vec(), item: HintItem::Record(key.to_vec()) }
+        Hint {
+            placement_key: placement_key.to_vec(),
+            item: HintItem::Record(key.to_vec()),
+        }
     }
 
     fn key(&self, target: DiskId) -> Vec<u8> {
@@ -61,7 +67,10 @@ impl Hint {
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 fn target_of(key: &[u8]) -> Option<DiskId> {
@@ -72,7 +81,9 @@ fn target_of(key: &[u8]) -> Option<DiskId> {
 impl DataPlane {
     /// Remember that `target` misses `hint`'s item.
     pub(crate) async fn add_hint(&self, target: DiskId, hint: Hint) {
-        let Some(disk) = self.disks.values().next() else { return };
+        let Some(disk) = self.disks.values().next() else {
+            return;
+        };
         let value = match bincode::serialize(&hint) {
             Ok(v) => v,
             Err(e) => {
@@ -80,7 +91,10 @@ impl DataPlane {
                 return;
             }
         };
-        let rec = Record { timestamp: now_micros(), value: Some(value) };
+        let rec = Record {
+            timestamp: now_micros(),
+            value: Some(value),
+        };
         if let Err(e) = disk.put_record(&hint.key(target), rec).await {
             tracing::error!(error = %e, target, "cannot store hint");
         }
@@ -88,7 +102,9 @@ impl DataPlane {
 
     /// Hints waiting on this node (bounded count, for status).
     pub fn pending_hints(&self) -> u64 {
-        let Some(disk) = self.disks.values().next() else { return 0 };
+        let Some(disk) = self.disks.values().next() else {
+            return 0;
+        };
         disk.scan_records(HINT_PREFIX, Some(HINT_PREFIX_END), 100_000)
             .map(|v| v.len() as u64)
             .unwrap_or(0)
@@ -119,7 +135,10 @@ impl DataPlane {
     }
 
     /// Status of another node (or this one) for the admin view.
-    pub async fn node_status(&self, node: strata_types::NodeId) -> crate::Result<pb::NodeStatusResponse> {
+    pub async fn node_status(
+        &self,
+        node: strata_types::NodeId,
+    ) -> crate::Result<pb::NodeStatusResponse> {
         if node == self.cfg.node_id {
             return Ok(self.local_status());
         }
@@ -140,7 +159,9 @@ impl DataPlane {
 
     /// One round of replay. Returns how many hints were settled.
     pub async fn replay_hints_once(self: &Arc<Self>) -> usize {
-        let Some(disk) = self.disks.values().next().cloned() else { return 0 };
+        let Some(disk) = self.disks.values().next().cloned() else {
+            return 0;
+        };
         let hints = match disk.scan_records(HINT_PREFIX, Some(HINT_PREFIX_END), HINTS_PER_ROUND_MAX)
         {
             Ok(h) => h,
@@ -152,7 +173,9 @@ impl DataPlane {
         let mut unreachable: HashSet<DiskId> = HashSet::new();
         let mut settled = 0;
         for (key, rec) in hints {
-            let Some(target) = target_of(&key) else { continue };
+            let Some(target) = target_of(&key) else {
+                continue;
+            };
             if unreachable.contains(&target) {
                 continue;
             }
@@ -200,7 +223,12 @@ impl DataPlane {
         }
     }
 
-    async fn replay_chunk(&self, dest: Replica, others: &[Replica], id: ChunkId) -> crate::Result<()> {
+    async fn replay_chunk(
+        &self,
+        dest: Replica,
+        others: &[Replica],
+        id: ChunkId,
+    ) -> crate::Result<()> {
         let mut absent_everywhere = true;
         for r in others {
             match self.replica_get_chunk(*r, id).await {
@@ -216,7 +244,12 @@ impl DataPlane {
         Err(DataError::ChunkUnavailable { chunk: id })
     }
 
-    async fn replay_record(&self, dest: Replica, others: &[Replica], key: &[u8]) -> crate::Result<()> {
+    async fn replay_record(
+        &self,
+        dest: Replica,
+        others: &[Replica],
+        key: &[u8],
+    ) -> crate::Result<()> {
         let mut newest: Option<Record> = None;
         let mut answered = 0;
         for r in others {
@@ -232,7 +265,10 @@ impl DataPlane {
         match newest {
             Some(rec) => self.replica_put_record(dest, key, rec).await,
             None if answered > 0 => Ok(()),
-            None => Err(DataError::ReadQuorum { answered: 0, needed: 1 }),
+            None => Err(DataError::ReadQuorum {
+                answered: 0,
+                needed: 1,
+            }),
         }
     }
 }

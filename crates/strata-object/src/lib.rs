@@ -27,6 +27,20 @@ use strata_types::{ChunkId, Hlc, Timestamp, OBJECT_CHUNK_SIZE_BYTES};
 const CONTAINERS: &str = "swift.containers";
 /// Meta table of account metadata, keyed by account.
 const ACCOUNTS: &str = "swift.accounts";
+/// Meta table of objects due to expire, keyed `<delete-at, 12 digits>\0account\0container\0object`.
+const EXPIRING: &str = "swift.expiring";
+/// How often the expirer looks for due objects, and how many it takes per pass.
+const EXPIRER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+const EXPIRER_BATCH: usize = 256;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Chunk writes of one object kept in flight at once.
 const CHUNK_WRITES_IN_FLIGHT: usize = 4;
 
@@ -63,6 +77,25 @@ pub struct PutOptions {
     pub headers: BTreeMap<String, String>,
     /// The MD5 the client claims (`ETag` header).
     pub expected_etag: Option<String>,
+}
+
+/// What an object POST changes.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectPost {
+    /// The new user metadata (all of it).
+    pub meta: BTreeMap<String, String>,
+    pub content_type: Option<String>,
+    pub set_headers: BTreeMap<String, String>,
+    pub remove_headers: Vec<String>,
+}
+
+/// What a container POST (or a PUT over an existing container) changes.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerChange {
+    pub set_meta: BTreeMap<String, String>,
+    pub remove_meta: Vec<String>,
+    pub set_headers: BTreeMap<String, String>,
+    pub remove_headers: Vec<String>,
 }
 
 /// The object service of one gateway.
@@ -121,8 +154,88 @@ fn prefix_end(p: &[u8]) -> Option<Vec<u8>> {
 }
 
 impl ObjectService {
+    /// The service, with its expirer running when called inside a tokio runtime.
     pub fn new(data: Arc<DataPlane>, meta: Arc<dyn MetaStore>) -> Arc<Self> {
-        Arc::new(ObjectService { data, meta, clock: Hlc::new() })
+        let svc = Arc::new(ObjectService {
+            data,
+            meta,
+            clock: Hlc::new(),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&svc);
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(EXPIRER_INTERVAL).await;
+                    let Some(svc) = weak.upgrade() else { return };
+                    if let Err(e) = svc.expire_due().await {
+                        tracing::debug!(error = %e, "expirer pass failed");
+                    }
+                }
+            });
+        }
+        svc
+    }
+
+    /// Delete every object whose `X-Delete-At` has passed. Returns how many were deleted.
+    pub async fn expire_due(&self) -> Result<usize> {
+        let now = unix_now();
+        let mut deleted = 0;
+        let rows = self.meta.scan(EXPIRING, "", None, EXPIRER_BATCH).await?;
+        for (key, _) in rows {
+            let mut parts = key.splitn(4, '\0');
+            let (Some(at), Some(a), Some(c), Some(o)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(at) = at.parse::<u64>() else { continue };
+            if at > now {
+                break;
+            }
+            if let Ok(info) = self.object_record(a, c, o).await {
+                if info.delete_at() == Some(at) {
+                    match self.remove_object(a, c, o, &info).await {
+                        Ok(()) => deleted += 1,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "expirer could not delete an object");
+                            continue;
+                        }
+                    }
+                }
+            }
+            self.meta
+                .write(Txn {
+                    checks: vec![],
+                    ops: vec![Op::Delete {
+                        table: EXPIRING.into(),
+                        key,
+                    }],
+                })
+                .await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn note_expiry(
+        &self,
+        account: &str,
+        container: &str,
+        object: &str,
+        at: u64,
+    ) -> Result<()> {
+        let key = format!("{at:012}\0{account}\0{container}\0{object}");
+        let op = Op::Put {
+            table: EXPIRING.into(),
+            key,
+            value: Vec::new(),
+        };
+        self.meta
+            .write(Txn {
+                checks: vec![],
+                ops: vec![op],
+            })
+            .await?;
+        Ok(())
     }
 
     pub fn now(&self) -> Timestamp {
@@ -158,19 +271,36 @@ impl ObjectService {
             }
             info.meta.extend(set.clone());
             let check = match raw {
-                Some(value) => Check::Equals { table: ACCOUNTS.into(), key: account.into(), value },
-                None => Check::Absent { table: ACCOUNTS.into(), key: account.into() },
+                Some(value) => Check::Equals {
+                    table: ACCOUNTS.into(),
+                    key: account.into(),
+                    value,
+                },
+                None => Check::Absent {
+                    table: ACCOUNTS.into(),
+                    key: account.into(),
+                },
             };
             let op = Op::Put {
                 table: ACCOUNTS.into(),
                 key: account.into(),
                 value: model::encode_json(&info),
             };
-            if self.meta.write(Txn { checks: vec![check], ops: vec![op] }).await?.succeeded {
+            if self
+                .meta
+                .write(Txn {
+                    checks: vec![check],
+                    ops: vec![op],
+                })
+                .await?
+                .succeeded
+            {
                 return Ok(());
             }
         }
-        Err(ObjectError::Meta(MetaError::Raft("account metadata update kept conflicting".into())))
+        Err(ObjectError::Meta(MetaError::Raft(
+            "account metadata update kept conflicting".into(),
+        )))
     }
 
     /// Containers of an account in name order, after `marker`, at most `limit`.
@@ -183,10 +313,18 @@ impl ObjectService {
     ) -> Result<Vec<(String, ContainerInfo)>> {
         let table_prefix = format!("{account}/{prefix}");
         let start_after = marker.map(|m| format!("{account}/{m}"));
-        let rows = self.meta.scan(CONTAINERS, &table_prefix, start_after.as_deref(), limit).await?;
+        let rows = self
+            .meta
+            .scan(CONTAINERS, &table_prefix, start_after.as_deref(), limit)
+            .await?;
         let skip = account.len() + 1;
         rows.into_iter()
-            .map(|(k, v)| Ok((k[skip..].to_string(), model::decode_json::<ContainerInfo>(&v)?)))
+            .map(|(k, v)| {
+                Ok((
+                    k[skip..].to_string(),
+                    model::decode_json::<ContainerInfo>(&v)?,
+                ))
+            })
             .collect()
     }
 
@@ -210,50 +348,82 @@ impl ObjectService {
         account: &str,
         container: &str,
         meta: BTreeMap<String, String>,
+        headers: BTreeMap<String, String>,
     ) -> Result<bool> {
         let key = container_key(account, container);
-        let info = ContainerInfo { created: self.now(), meta: meta.clone() };
+        let info = ContainerInfo {
+            created: self.now(),
+            meta: meta.clone(),
+            headers: headers.clone(),
+            modified: None,
+        };
         let txn = Txn {
-            checks: vec![Check::Absent { table: CONTAINERS.into(), key: key.clone() }],
-            ops: vec![Op::Put { table: CONTAINERS.into(), key: key.clone(), value: model::encode_json(&info) }],
+            checks: vec![Check::Absent {
+                table: CONTAINERS.into(),
+                key: key.clone(),
+            }],
+            ops: vec![Op::Put {
+                table: CONTAINERS.into(),
+                key: key.clone(),
+                value: model::encode_json(&info),
+            }],
         };
         if self.meta.write(txn).await?.succeeded {
             return Ok(true);
         }
-        if !meta.is_empty() {
-            self.update_container_meta(account, container, meta, &[]).await?;
-        }
+        let change = ContainerChange {
+            set_meta: meta,
+            set_headers: headers,
+            ..Default::default()
+        };
+        self.update_container(account, container, change).await?;
         Ok(false)
     }
 
-    /// Set and remove metadata items of an existing container.
-    pub async fn update_container_meta(
+    /// Set and remove metadata items and stored headers of an existing container.
+    pub async fn update_container(
         &self,
         account: &str,
         container: &str,
-        set: BTreeMap<String, String>,
-        remove: &[String],
+        change: ContainerChange,
     ) -> Result<()> {
         let key = container_key(account, container);
         // Optimistic read-modify-write: retry when another writer got in between.
         for _ in 0..16 {
             let Some(raw) = self.meta.get(CONTAINERS, &key).await? else {
-                return Err(ObjectError::NoContainer { container: container.into() });
+                return Err(ObjectError::NoContainer {
+                    container: container.into(),
+                });
             };
             let mut info: ContainerInfo = model::decode_json(&raw)?;
-            for r in remove {
+            for r in &change.remove_meta {
                 info.meta.remove(r);
             }
-            info.meta.extend(set.clone());
+            info.meta.extend(change.set_meta.clone());
+            for r in &change.remove_headers {
+                info.headers.remove(r);
+            }
+            info.headers.extend(change.set_headers.clone());
+            info.modified = Some(self.now());
             let txn = Txn {
-                checks: vec![Check::Equals { table: CONTAINERS.into(), key: key.clone(), value: raw }],
-                ops: vec![Op::Put { table: CONTAINERS.into(), key: key.clone(), value: model::encode_json(&info) }],
+                checks: vec![Check::Equals {
+                    table: CONTAINERS.into(),
+                    key: key.clone(),
+                    value: raw,
+                }],
+                ops: vec![Op::Put {
+                    table: CONTAINERS.into(),
+                    key: key.clone(),
+                    value: model::encode_json(&info),
+                }],
             };
             if self.meta.write(txn).await?.succeeded {
                 return Ok(());
             }
         }
-        Err(ObjectError::Meta(MetaError::Raft("container metadata update kept conflicting".into())))
+        Err(ObjectError::Meta(MetaError::Raft(
+            "container metadata update kept conflicting".into(),
+        )))
     }
 
     /// The container's record. A miss on this node's applied state is checked
@@ -266,7 +436,9 @@ impl ObjectService {
         };
         match raw {
             Some(v) => model::decode_json(&v),
-            None => Err(ObjectError::NoContainer { container: container.into() }),
+            None => Err(ObjectError::NoContainer {
+                container: container.into(),
+            }),
         }
     }
 
@@ -275,7 +447,12 @@ impl ObjectService {
         let base = listing_base(account, container);
         let rows = self
             .data
-            .scan_live(&listing_pkey(account, container), &base, prefix_end(&base).as_deref(), usize::MAX)
+            .scan_live(
+                &listing_pkey(account, container),
+                &base,
+                prefix_end(&base).as_deref(),
+                usize::MAX,
+            )
             .await?;
         let mut bytes = 0;
         for (_, v) in &rows {
@@ -288,22 +465,40 @@ impl ObjectService {
     pub async fn delete_container(&self, account: &str, container: &str) -> Result<()> {
         let key = container_key(account, container);
         let Some(raw) = self.meta.get(CONTAINERS, &key).await? else {
-            return Err(ObjectError::NoContainer { container: container.into() });
+            return Err(ObjectError::NoContainer {
+                container: container.into(),
+            });
         };
         let base = listing_base(account, container);
         let any = self
             .data
-            .scan_live(&listing_pkey(account, container), &base, prefix_end(&base).as_deref(), 1)
+            .scan_live(
+                &listing_pkey(account, container),
+                &base,
+                prefix_end(&base).as_deref(),
+                1,
+            )
             .await?;
         if !any.is_empty() {
-            return Err(ObjectError::ContainerNotEmpty { container: container.into() });
+            return Err(ObjectError::ContainerNotEmpty {
+                container: container.into(),
+            });
         }
         let txn = Txn {
-            checks: vec![Check::Equals { table: CONTAINERS.into(), key: key.clone(), value: raw }],
-            ops: vec![Op::Delete { table: CONTAINERS.into(), key }],
+            checks: vec![Check::Equals {
+                table: CONTAINERS.into(),
+                key: key.clone(),
+                value: raw,
+            }],
+            ops: vec![Op::Delete {
+                table: CONTAINERS.into(),
+                key,
+            }],
         };
         if !self.meta.write(txn).await?.succeeded {
-            return Err(ObjectError::NoContainer { container: container.into() });
+            return Err(ObjectError::NoContainer {
+                container: container.into(),
+            });
         }
         Ok(())
     }
@@ -342,7 +537,12 @@ impl ObjectService {
         }
         let rows = self
             .data
-            .scan_live(&listing_pkey(account, container), &start, end.as_deref(), limit)
+            .scan_live(
+                &listing_pkey(account, container),
+                &start,
+                end.as_deref(),
+                limit,
+            )
             .await?;
         rows.into_iter()
             .map(|(k, v)| {
@@ -382,8 +582,12 @@ impl ObjectService {
         };
         if let Some(expected) = &opts.expected_etag {
             if !expected.trim_matches('"').eq_ignore_ascii_case(&etag) {
-                self.delete_chunks(&pkey, chunks.iter().map(|c| c.0).collect()).await;
-                return Err(ObjectError::EtagMismatch { computed: etag, expected: expected.clone() });
+                self.delete_chunks(&pkey, chunks.iter().map(|c| c.0).collect())
+                    .await;
+                return Err(ObjectError::EtagMismatch {
+                    computed: etag,
+                    expected: expected.clone(),
+                });
             }
         }
         let info = ObjectInfo {
@@ -397,9 +601,19 @@ impl ObjectService {
             headers: opts.headers,
             chunks,
         };
-        let previous = self.head_object(account, container, object).await.ok();
+        if let Some(at) = info.delete_at() {
+            self.note_expiry(account, container, object, at).await?;
+        }
+        let previous = self.object_record(account, container, object).await.ok();
         self.data
-            .put_record(&pkey, &okey, Record { timestamp: ts.0, value: Some(model::encode_bin(&info)) })
+            .put_record(
+                &pkey,
+                &okey,
+                Record {
+                    timestamp: ts.0,
+                    value: Some(model::encode_bin(&info)),
+                },
+            )
             .await?;
         let row = ListingEntry {
             size: info.size,
@@ -413,12 +627,16 @@ impl ObjectService {
             .put_record(
                 &listing_pkey(account, container),
                 &lkey,
-                Record { timestamp: ts.0, value: Some(model::encode_bin(&row)) },
+                Record {
+                    timestamp: ts.0,
+                    value: Some(model::encode_bin(&row)),
+                },
             )
             .await?;
         if let Some(old) = previous {
             if old.timestamp < ts {
-                self.delete_chunks(&pkey, old.chunks.iter().map(|c| c.0).collect()).await;
+                self.delete_chunks(&pkey, old.chunks.iter().map(|c| c.0).collect())
+                    .await;
             }
         }
         Ok(info)
@@ -454,7 +672,9 @@ impl ObjectService {
                 Some(Err(e)) => return Err((ObjectError::Body(e.to_string()), ids(&chunks))),
                 None => done = true,
             }
-            while buf.len() >= OBJECT_CHUNK_SIZE_BYTES || (done && (!buf.is_empty() || chunks.is_empty())) {
+            while buf.len() >= OBJECT_CHUNK_SIZE_BYTES
+                || (done && (!buf.is_empty() || chunks.is_empty()))
+            {
                 let take = buf.len().min(OBJECT_CHUNK_SIZE_BYTES);
                 let piece = buf.split_to(take).freeze();
                 let id = ChunkId::derive(okey, ts, chunks.len() as u64);
@@ -488,11 +708,33 @@ impl ObjectService {
         }
     }
 
-    /// The object's record (newest of a read quorum).
-    pub async fn head_object(&self, account: &str, container: &str, object: &str) -> Result<ObjectInfo> {
+    /// The object's record (newest of a read quorum); an expired object is gone.
+    pub async fn head_object(
+        &self,
+        account: &str,
+        container: &str,
+        object: &str,
+    ) -> Result<ObjectInfo> {
+        let info = self.object_record(account, container, object).await?;
+        if info.delete_at().is_some_and(|at| at <= unix_now()) {
+            return Err(ObjectError::NoObject);
+        }
+        Ok(info)
+    }
+
+    /// The stored record, expired or not.
+    async fn object_record(
+        &self,
+        account: &str,
+        container: &str,
+        object: &str,
+    ) -> Result<ObjectInfo> {
         let rec = self
             .data
-            .get_record(&object_pkey(account, container, object), &object_key(account, container, object))
+            .get_record(
+                &object_pkey(account, container, object),
+                &object_key(account, container, object),
+            )
             .await?;
         match rec.and_then(|r| r.value) {
             Some(v) => model::decode_bin(&v),
@@ -530,7 +772,9 @@ impl ObjectService {
                 async move {
                     let bytes = data.get_chunk(&pkey, id).await?;
                     if bytes.len() < to {
-                        return Err(ObjectError::Codec(format!("chunk {id:?} is shorter than its record says")));
+                        return Err(ObjectError::Codec(format!(
+                            "chunk {id:?} is shorter than its record says"
+                        )));
                     }
                     Ok(bytes.slice(from..to))
                 }
@@ -541,37 +785,94 @@ impl ObjectService {
     /// Delete an object: tombstones for its record and listing row, then its chunks.
     pub async fn delete_object(&self, account: &str, container: &str, object: &str) -> Result<()> {
         let info = self.head_object(account, container, object).await?;
+        self.remove_object(account, container, object, &info).await
+    }
+
+    async fn remove_object(
+        &self,
+        account: &str,
+        container: &str,
+        object: &str,
+        info: &ObjectInfo,
+    ) -> Result<()> {
         let ts = self.now();
         let pkey = object_pkey(account, container, object);
         self.data
-            .put_record(&pkey, &object_key(account, container, object), Record { timestamp: ts.0, value: None })
+            .put_record(
+                &pkey,
+                &object_key(account, container, object),
+                Record {
+                    timestamp: ts.0,
+                    value: None,
+                },
+            )
             .await?;
         let mut lkey = listing_base(account, container);
         lkey.extend_from_slice(object.as_bytes());
         self.data
-            .put_record(&listing_pkey(account, container), &lkey, Record { timestamp: ts.0, value: None })
+            .put_record(
+                &listing_pkey(account, container),
+                &lkey,
+                Record {
+                    timestamp: ts.0,
+                    value: None,
+                },
+            )
             .await?;
-        self.delete_chunks(&pkey, info.chunks.iter().map(|c| c.0).collect()).await;
+        self.delete_chunks(&pkey, info.chunks.iter().map(|c| c.0).collect())
+            .await;
         Ok(())
     }
 
-    /// Replace an object's user metadata (Swift POST semantics: all of it).
+    /// Replace an object's user metadata (Swift POST semantics: all of it), and its
+    /// content type and stored headers when given.
     pub async fn post_object(
         &self,
         account: &str,
         container: &str,
         object: &str,
-        meta: BTreeMap<String, String>,
+        post: ObjectPost,
     ) -> Result<()> {
         let mut info = self.head_object(account, container, object).await?;
-        info.meta = meta;
+        info.meta = post.meta;
+        if let Some(ct) = post.content_type {
+            info.content_type = ct;
+        }
+        for r in &post.remove_headers {
+            info.headers.remove(r);
+        }
+        info.headers.extend(post.set_headers);
         let ts = self.now();
         info.timestamp = ts;
+        if let Some(at) = info.delete_at() {
+            self.note_expiry(account, container, object, at).await?;
+        }
         self.data
             .put_record(
                 &object_pkey(account, container, object),
                 &object_key(account, container, object),
-                Record { timestamp: ts.0, value: Some(model::encode_bin(&info)) },
+                Record {
+                    timestamp: ts.0,
+                    value: Some(model::encode_bin(&info)),
+                },
+            )
+            .await?;
+        let row = ListingEntry {
+            size: info.size,
+            etag: info.etag.clone(),
+            content_type: info.content_type.clone(),
+            timestamp: ts,
+        };
+        let mut lkey = listing_base(account, container);
+        lkey.extend_from_slice(object.as_bytes());
+        self.data
+            .put_record(
+                &listing_pkey(account, container),
+                &lkey,
+                Record {
+                    timestamp: ts.0,
+                    value: Some(model::encode_bin(&row)),
+                },
             )
             .await?;
         Ok(())

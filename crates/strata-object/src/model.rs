@@ -19,8 +19,21 @@ pub struct AccountInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerInfo {
     pub created: Timestamp,
-    /// `X-Container-Meta-*` and the container's other stored headers.
+    /// `X-Container-Meta-*` (names lower-cased, without the prefix).
     pub meta: BTreeMap<String, String>,
+    /// Other stored container headers (ACLs), full lower-case names.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// When the record last changed (PUT over it or POST); None: never since creation.
+    #[serde(default)]
+    pub modified: Option<Timestamp>,
+}
+
+impl ContainerInfo {
+    /// Last change of the container record.
+    pub fn last_modified(&self) -> Timestamp {
+        self.modified.unwrap_or(self.created)
+    }
 }
 
 /// An object record: what GET and HEAD answer, and where its bytes are.
@@ -34,6 +47,13 @@ pub struct ObjectInfo {
     pub headers: BTreeMap<String, String>,
     /// Chunk ids and lengths, in body order.
     pub chunks: Vec<(ChunkId, u64)>,
+}
+
+impl ObjectInfo {
+    /// `X-Delete-At`, in Unix seconds.
+    pub fn delete_at(&self) -> Option<u64> {
+        self.headers.get("x-delete-at").and_then(|v| v.parse().ok())
+    }
 }
 
 /// A container listing row.

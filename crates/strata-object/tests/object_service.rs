@@ -19,17 +19,30 @@ fn service(dir: &std::path::Path) -> Arc<ObjectService> {
     })
     .expect("disk opens");
     let data = DataPlane::new(
-        DataConfig { node_id: 1, write_quorum: 1, rpc_timeout_ms: 1000, hint_interval_ms: 1000 },
+        DataConfig {
+            node_id: 1,
+            write_quorum: 1,
+            rpc_timeout_ms: 1000,
+            hint_interval_ms: 1000,
+        },
         BTreeMap::from([(1000, disk)]),
     );
     let ring = Ring::new(RingSpec {
         version: 1,
         part_power: 4,
         replicas: 1,
-        devices: vec![Device { id: 1000, node: 1, zone: "z".into(), weight: 1.0 }],
+        devices: vec![Device {
+            id: 1000,
+            node: 1,
+            zone: "z".into(),
+            weight: 1.0,
+        }],
     })
     .expect("ring");
-    data.set_topology(Topology { ring: Arc::new(ring), addrs: HashMap::new() });
+    data.set_topology(Topology {
+        ring: Arc::new(ring),
+        addrs: HashMap::new(),
+    });
     ObjectService::new(data, Arc::new(MemMeta::new()))
 }
 
@@ -52,9 +65,14 @@ async fn read_all(svc: &ObjectService, c: &str, o: &str) -> Vec<u8> {
 async fn multi_chunk_object_round_trips_with_md5_etag() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svc = service(dir.path());
-    assert!(svc.put_container("AUTH_t", "c", BTreeMap::new()).await.expect("put container"));
+    assert!(svc
+        .put_container("AUTH_t", "c", BTreeMap::new(), BTreeMap::new())
+        .await
+        .expect("put container"));
     // Odd piece sizes cross the 1 MiB chunk boundary inside a piece.
-    let data: Vec<u8> = (0..(2_500_000u32)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..2_500_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let parts = data.chunks(333_333).map(|p| p.to_vec()).collect();
     let info = svc
         .put_object("AUTH_t", "c", "big", body(parts), PutOptions::default())
@@ -74,24 +92,78 @@ async fn multi_chunk_object_round_trips_with_md5_etag() {
 async fn listing_and_counts_see_put_and_delete_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svc = service(dir.path());
-    svc.put_container("AUTH_t", "c", BTreeMap::new()).await.expect("container");
+    svc.put_container("AUTH_t", "c", BTreeMap::new(), BTreeMap::new())
+        .await
+        .expect("container");
     for name in ["a", "b/1", "b/2", "c"] {
-        svc.put_object("AUTH_t", "c", name, body(vec![name.as_bytes().to_vec()]), PutOptions::default())
-            .await
-            .expect("put");
+        svc.put_object(
+            "AUTH_t",
+            "c",
+            name,
+            body(vec![name.as_bytes().to_vec()]),
+            PutOptions::default(),
+        )
+        .await
+        .expect("put");
     }
     let names = |rows: Vec<(String, strata_object::ListingEntry)>| {
         rows.into_iter().map(|(n, _)| n).collect::<Vec<_>>()
     };
-    assert_eq!(names(svc.list_objects("AUTH_t", "c", "", None, None, 100).await.expect("list")), ["a", "b/1", "b/2", "c"]);
-    assert_eq!(names(svc.list_objects("AUTH_t", "c", "b/", None, None, 100).await.expect("list")), ["b/1", "b/2"]);
-    assert_eq!(names(svc.list_objects("AUTH_t", "c", "", Some("a"), None, 2).await.expect("list")), ["b/1", "b/2"]);
-    assert_eq!(names(svc.list_objects("AUTH_t", "c", "", None, Some("b/2"), 100).await.expect("list")), ["a", "b/1"]);
-    assert_eq!(svc.container_usage("AUTH_t", "c").await.expect("usage"), (4, 8));
-    svc.delete_object("AUTH_t", "c", "b/1").await.expect("delete");
-    assert_eq!(names(svc.list_objects("AUTH_t", "c", "", None, None, 100).await.expect("list")), ["a", "b/2", "c"]);
-    assert_eq!(svc.container_usage("AUTH_t", "c").await.expect("usage"), (3, 5));
-    assert!(matches!(svc.head_object("AUTH_t", "c", "b/1").await, Err(ObjectError::NoObject)));
+    assert_eq!(
+        names(
+            svc.list_objects("AUTH_t", "c", "", None, None, 100)
+                .await
+                .expect("list")
+        ),
+        ["a", "b/1", "b/2", "c"]
+    );
+    assert_eq!(
+        names(
+            svc.list_objects("AUTH_t", "c", "b/", None, None, 100)
+                .await
+                .expect("list")
+        ),
+        ["b/1", "b/2"]
+    );
+    assert_eq!(
+        names(
+            svc.list_objects("AUTH_t", "c", "", Some("a"), None, 2)
+                .await
+                .expect("list")
+        ),
+        ["b/1", "b/2"]
+    );
+    assert_eq!(
+        names(
+            svc.list_objects("AUTH_t", "c", "", None, Some("b/2"), 100)
+                .await
+                .expect("list")
+        ),
+        ["a", "b/1"]
+    );
+    assert_eq!(
+        svc.container_usage("AUTH_t", "c").await.expect("usage"),
+        (4, 8)
+    );
+    svc.delete_object("AUTH_t", "c", "b/1")
+        .await
+        .expect("delete");
+    assert_eq!(
+        names(
+            svc.list_objects("AUTH_t", "c", "", None, None, 100)
+                .await
+                .expect("list")
+        ),
+        ["a", "b/2", "c"]
+    );
+    assert_eq!(
+        svc.container_usage("AUTH_t", "c").await.expect("usage"),
+        (3, 5)
+    );
+    assert!(matches!(
+        svc.head_object("AUTH_t", "c", "b/1").await,
+        Err(ObjectError::NoObject)
+    ));
     assert!(matches!(
         svc.delete_container("AUTH_t", "c").await,
         Err(ObjectError::ContainerNotEmpty { .. })
@@ -102,16 +174,35 @@ async fn listing_and_counts_see_put_and_delete_at_once() {
 async fn overwrite_serves_the_new_bytes_and_a_bad_etag_stores_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svc = service(dir.path());
-    svc.put_container("AUTH_t", "c", BTreeMap::new()).await.expect("container");
-    svc.put_object("AUTH_t", "c", "o", body(vec![b"first".to_vec()]), PutOptions::default())
+    svc.put_container("AUTH_t", "c", BTreeMap::new(), BTreeMap::new())
         .await
-        .expect("put");
-    svc.put_object("AUTH_t", "c", "o", body(vec![b"second!".to_vec()]), PutOptions::default())
-        .await
-        .expect("overwrite");
+        .expect("container");
+    svc.put_object(
+        "AUTH_t",
+        "c",
+        "o",
+        body(vec![b"first".to_vec()]),
+        PutOptions::default(),
+    )
+    .await
+    .expect("put");
+    svc.put_object(
+        "AUTH_t",
+        "c",
+        "o",
+        body(vec![b"second!".to_vec()]),
+        PutOptions::default(),
+    )
+    .await
+    .expect("overwrite");
     assert_eq!(read_all(&svc, "c", "o").await, b"second!");
-    let bad = PutOptions { expected_etag: Some("0".repeat(32)), ..PutOptions::default() };
-    let err = svc.put_object("AUTH_t", "c", "o", body(vec![b"third".to_vec()]), bad).await;
+    let bad = PutOptions {
+        expected_etag: Some("0".repeat(32)),
+        ..PutOptions::default()
+    };
+    let err = svc
+        .put_object("AUTH_t", "c", "o", body(vec![b"third".to_vec()]), bad)
+        .await;
     assert!(matches!(err, Err(ObjectError::EtagMismatch { .. })));
     assert_eq!(read_all(&svc, "c", "o").await, b"second!");
 }
@@ -120,7 +211,9 @@ async fn overwrite_serves_the_new_bytes_and_a_bad_etag_stores_nothing() {
 async fn objects_need_their_container() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svc = service(dir.path());
-    let err = svc.put_object("AUTH_t", "nope", "o", body(vec![]), PutOptions::default()).await;
+    let err = svc
+        .put_object("AUTH_t", "nope", "o", body(vec![]), PutOptions::default())
+        .await;
     assert!(matches!(err, Err(ObjectError::NoContainer { .. })));
 }
 
@@ -128,9 +221,56 @@ async fn objects_need_their_container() {
 async fn empty_objects_are_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svc = service(dir.path());
-    svc.put_container("AUTH_t", "c", BTreeMap::new()).await.expect("container");
-    let info = svc.put_object("AUTH_t", "c", "e", body(vec![]), PutOptions::default()).await.expect("put");
+    svc.put_container("AUTH_t", "c", BTreeMap::new(), BTreeMap::new())
+        .await
+        .expect("container");
+    let info = svc
+        .put_object("AUTH_t", "c", "e", body(vec![]), PutOptions::default())
+        .await
+        .expect("put");
     assert_eq!(info.size, 0);
     assert_eq!(info.etag, "d41d8cd98f00b204e9800998ecf8427e");
     assert!(read_all(&svc, "c", "e").await.is_empty());
+}
+
+#[tokio::test]
+async fn expired_objects_vanish_at_once_and_the_expirer_deletes_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let svc = service(dir.path());
+    svc.put_container("AUTH_t", "c", BTreeMap::new(), BTreeMap::new())
+        .await
+        .expect("container");
+    let at = strata_object::unix_now() + 1;
+    let opts = PutOptions {
+        headers: BTreeMap::from([("x-delete-at".to_string(), at.to_string())]),
+        ..PutOptions::default()
+    };
+    svc.put_object("AUTH_t", "c", "soon", body(vec![b"x".to_vec()]), opts)
+        .await
+        .expect("put");
+    svc.put_object(
+        "AUTH_t",
+        "c",
+        "kept",
+        body(vec![b"y".to_vec()]),
+        PutOptions::default(),
+    )
+    .await
+    .expect("put");
+    assert!(svc.head_object("AUTH_t", "c", "soon").await.is_ok());
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Past its time the object is gone for readers even before the expirer runs.
+    assert!(matches!(
+        svc.head_object("AUTH_t", "c", "soon").await,
+        Err(ObjectError::NoObject)
+    ));
+    assert!(svc.expire_due().await.expect("expirer pass") <= 1);
+    let names: Vec<String> = svc
+        .list_objects("AUTH_t", "c", "", None, None, 100)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, vec!["kept".to_string()]);
 }

@@ -9,9 +9,18 @@ pub const OBJECT_NAME_BYTES_MAX: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Info,
-    Account { account: String },
-    Container { account: String, container: String },
-    Object { account: String, container: String, object: String },
+    Account {
+        account: String,
+    },
+    Container {
+        account: String,
+        container: String,
+    },
+    Object {
+        account: String,
+        container: String,
+        object: String,
+    },
 }
 
 /// Why a path is not a Swift resource.
@@ -22,7 +31,11 @@ pub enum PathError {
     /// Percent-decoding gave invalid UTF-8, or a name holds NUL (412).
     InvalidUtf8OrNul,
     /// A name over its length limit (400).
-    TooLong { what: &'static str, len: usize, max: usize },
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
 }
 
 fn decode(part: &str) -> Result<String, PathError> {
@@ -36,7 +49,11 @@ fn decode(part: &str) -> Result<String, PathError> {
 
 fn limit(what: &'static str, s: &str, max: usize) -> Result<(), PathError> {
     if s.len() > max {
-        return Err(PathError::TooLong { what, len: s.len(), max });
+        return Err(PathError::TooLong {
+            what,
+            len: s.len(),
+            max,
+        });
     }
     Ok(())
 }
@@ -64,7 +81,11 @@ pub fn parse_path(raw: &str) -> Result<Endpoint, PathError> {
         Some(o) => {
             let object = decode(o)?;
             limit("Object name", &object, OBJECT_NAME_BYTES_MAX)?;
-            Ok(Endpoint::Object { account, container, object })
+            Ok(Endpoint::Object {
+                account,
+                container,
+                object,
+            })
         }
     }
 }
@@ -74,25 +95,51 @@ mod tests {
     use super::*;
 
     fn obj(a: &str, c: &str, o: &str) -> Endpoint {
-        Endpoint::Object { account: a.into(), container: c.into(), object: o.into() }
+        Endpoint::Object {
+            account: a.into(),
+            container: c.into(),
+            object: o.into(),
+        }
     }
 
     #[test]
     fn routes_account_container_and_object() {
         assert_eq!(parse_path("/info"), Ok(Endpoint::Info));
-        assert_eq!(parse_path("/v1/AUTH_a"), Ok(Endpoint::Account { account: "AUTH_a".into() }));
-        assert_eq!(parse_path("/v1/AUTH_a/"), Ok(Endpoint::Account { account: "AUTH_a".into() }));
+        assert_eq!(
+            parse_path("/v1/AUTH_a"),
+            Ok(Endpoint::Account {
+                account: "AUTH_a".into()
+            })
+        );
+        assert_eq!(
+            parse_path("/v1/AUTH_a/"),
+            Ok(Endpoint::Account {
+                account: "AUTH_a".into()
+            })
+        );
         assert_eq!(
             parse_path("/v1/AUTH_a/c/"),
-            Ok(Endpoint::Container { account: "AUTH_a".into(), container: "c".into() })
+            Ok(Endpoint::Container {
+                account: "AUTH_a".into(),
+                container: "c".into()
+            })
         );
-        assert_eq!(parse_path("/v1/AUTH_a/c/d/e/f"), Ok(obj("AUTH_a", "c", "d/e/f")));
-        assert_eq!(parse_path("/v1/AUTH_a/c/dir/"), Ok(obj("AUTH_a", "c", "dir/")));
+        assert_eq!(
+            parse_path("/v1/AUTH_a/c/d/e/f"),
+            Ok(obj("AUTH_a", "c", "d/e/f"))
+        );
+        assert_eq!(
+            parse_path("/v1/AUTH_a/c/dir/"),
+            Ok(obj("AUTH_a", "c", "dir/"))
+        );
     }
 
     #[test]
     fn decodes_percent_escapes_and_utf8() {
-        assert_eq!(parse_path("/v1/A/c%20d/%E2%98%83"), Ok(obj("A", "c d", "\u{2603}")));
+        assert_eq!(
+            parse_path("/v1/A/c%20d/%E2%98%83"),
+            Ok(obj("A", "c d", "\u{2603}"))
+        );
     }
 
     #[test]
@@ -100,10 +147,19 @@ mod tests {
         assert_eq!(parse_path("/v2/A"), Err(PathError::NotFound));
         assert_eq!(parse_path("/v1/"), Err(PathError::NotFound));
         assert_eq!(parse_path("/v1/A/c/%FF"), Err(PathError::InvalidUtf8OrNul));
-        assert_eq!(parse_path("/v1/A/c/a%00b"), Err(PathError::InvalidUtf8OrNul));
+        assert_eq!(
+            parse_path("/v1/A/c/a%00b"),
+            Err(PathError::InvalidUtf8OrNul)
+        );
         let long = "x".repeat(257);
-        assert!(matches!(parse_path(&format!("/v1/A/{long}")), Err(PathError::TooLong { .. })));
+        assert!(matches!(
+            parse_path(&format!("/v1/A/{long}")),
+            Err(PathError::TooLong { .. })
+        ));
         let long = "x".repeat(1025);
-        assert!(matches!(parse_path(&format!("/v1/A/c/{long}")), Err(PathError::TooLong { .. })));
+        assert!(matches!(
+            parse_path(&format!("/v1/A/c/{long}")),
+            Err(PathError::TooLong { .. })
+        ));
     }
 }

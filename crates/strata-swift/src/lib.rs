@@ -5,6 +5,9 @@
 //! Owns the wire: headers, status codes, listing formats and Swift's fault
 //! bodies. It must not know how objects are stored: `strata-object` does.
 
+// Handlers answer early with a ready response; boxing every one buys nothing here.
+#![allow(clippy::result_large_err)]
+
 mod endpoint;
 mod listing;
 mod response;
@@ -17,6 +20,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use futures::StreamExt;
+use md5::{Digest, Md5};
 use response::{fault, Fault};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +35,10 @@ pub const META_COUNT_MAX: usize = 90;
 pub const META_OVERALL_BYTES_MAX: usize = 4096;
 /// The largest single object (5 GiB + 2, as Swift).
 pub const OBJECT_BYTES_MAX: u64 = 5 * (1 << 30) + 2;
+/// The longest header value taken.
+pub const MAX_HEADER_BYTES: usize = 8192;
+/// The latest X-Delete-At kept (Swift clamps to ten digits).
+const DELETE_AT_MAX: u64 = 9_999_999_999;
 /// Listing page size cap.
 pub const LISTING_LIMIT_MAX: usize = 10_000;
 
@@ -43,35 +51,95 @@ pub struct SwiftGateway {
 /// The Swift router: `/info`, TempAuth and everything under `/v1/`.
 pub fn router(gw: Arc<SwiftGateway>) -> Router {
     let tempauth = gw.identity.tempauth_router();
-    Router::new().fallback(handle).with_state(gw).merge(tempauth)
+    Router::new()
+        .fallback(handle)
+        .with_state(gw)
+        .merge(tempauth)
 }
 
-/// Where the caller may act on an account.
+/// What a request needs from the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
-    Read,
-    Write,
+enum Need {
+    /// Account or container reads that only the owner may do (account GET/HEAD).
+    OwnerRead,
+    /// Account and container changes: the owner only.
+    OwnerWrite,
+    /// A container listing or HEAD: the owner, or the container's read ACL.
+    ListContainer,
+    /// An object GET/HEAD: the owner, or the container's read ACL (incl. referrers).
+    ReadObject,
+    /// An object PUT/POST/DELETE: the owner, or the container's write ACL.
+    WriteObject,
+}
+
+/// A header value as UTF-8 (Swift takes any UTF-8 in values).
+fn hget<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+}
+
+fn truthy(v: Option<&str>) -> bool {
+    v.is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "on" | "t" | "y"
+        )
+    })
 }
 
 async fn handle(State(gw): State<Arc<SwiftGateway>>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let headers = req.headers().clone();
+    let mut resp = route(&gw, req).await;
+    finish_response(&mut resp, &path, &headers);
+    resp
+}
+
+async fn route(gw: &Arc<SwiftGateway>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     let query = parse_query(parts.uri.query());
+    if path == "/v1" || path == "/v1/" {
+        return response::text(StatusCode::PRECONDITION_FAILED, "Bad URL");
+    }
     let ep = match parse_path(&path) {
         Ok(ep) => ep,
         Err(PathError::NotFound) => return fault(Fault::NotFound),
         Err(PathError::InvalidUtf8OrNul) => {
-            return response::text(StatusCode::PRECONDITION_FAILED, "Invalid UTF8 or contains NULL")
+            return response::text(
+                StatusCode::PRECONDITION_FAILED,
+                "Invalid UTF8 or contains NULL",
+            )
         }
         Err(PathError::TooLong { what, len, max }) => {
-            return response::text(
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=UTF-8"),
+            );
+            return response::with_body(
                 StatusCode::BAD_REQUEST,
-                &format!("{what} length of {len} longer than {max}"),
-            )
+                h,
+                Body::from(format!("{what} length of {len} longer than {max}")),
+            );
         }
     };
     let method = parts.method.clone();
     let headers = parts.headers;
+    if method == Method::OPTIONS {
+        return preflight(gw, &ep, &headers).await;
+    }
+    let cors_container = match &ep {
+        Endpoint::Container { account, container }
+        | Endpoint::Object {
+            account, container, ..
+        } => Some((account.clone(), container.clone())),
+        _ => None,
+    };
+    let read = method == Method::GET || method == Method::HEAD;
+    // COPY reads its source here; the destination is checked once the source is found.
+    let reads_object = read || method.as_str() == "COPY";
     let result = match ep {
         Endpoint::Info => {
             return match method {
@@ -80,80 +148,307 @@ async fn handle(State(gw): State<Arc<SwiftGateway>>, req: Request) -> Response {
             }
         }
         Endpoint::Account { account } => {
-            let access = if method == Method::GET || method == Method::HEAD {
-                Access::Read
+            let need = if read {
+                Need::OwnerRead
             } else {
-                Access::Write
+                Need::OwnerWrite
             };
-            match authorize(&gw, &headers, &account, access).await {
+            match authorize(gw, &headers, &account, None, need).await {
                 Err(resp) => return resp,
-                Ok(_) => account_request(&gw, &method, &account, &headers, &query).await,
+                Ok(_) => account_request(gw, &method, &account, &headers, &query).await,
             }
         }
         Endpoint::Container { account, container } => {
-            let access = match method {
-                Method::GET | Method::HEAD => Access::Read,
-                _ => Access::Write,
+            let need = if read {
+                Need::ListContainer
+            } else {
+                Need::OwnerWrite
             };
-            match authorize(&gw, &headers, &account, access).await {
+            match authorize(gw, &headers, &account, Some(&container), need).await {
                 Err(resp) => return resp,
                 Ok(_) => {
-                    container_request(&gw, &method, &account, &container, &headers, &query).await
+                    container_request(gw, &method, &account, &container, &headers, &query).await
                 }
             }
         }
-        Endpoint::Object { account, container, object } => {
-            let access = match method {
-                Method::GET | Method::HEAD => Access::Read,
-                _ => Access::Write,
+        Endpoint::Object {
+            account,
+            container,
+            object,
+        } => {
+            let need = if reads_object {
+                Need::ReadObject
+            } else {
+                Need::WriteObject
             };
-            match authorize(&gw, &headers, &account, access).await {
+            match authorize(gw, &headers, &account, Some(&container), need).await {
                 Err(resp) => return resp,
                 Ok(_) => {
-                    let o = ObjectRef { account: &account, container: &container, object: &object };
-                    object_request(&gw, &method, o, &headers, body).await
+                    let o = ObjectRef {
+                        account: &account,
+                        container: &container,
+                        object: &object,
+                    };
+                    object_request(gw, &method, o, &headers, &query, body).await
                 }
             }
         }
     };
-    result.unwrap_or_else(|e| e)
+    let mut resp = result.unwrap_or_else(|e| e);
+    if let (Some(origin), Some(c)) = (hget(&headers, "origin"), cors_container) {
+        add_cors(gw, &mut resp, origin, &c.0, &c.1).await;
+    }
+    resp
+}
+
+/// Methods a CORS preflight may allow.
+const CORS_METHODS: &str = "HEAD, GET, PUT, POST, COPY, OPTIONS, DELETE";
+
+/// The origin a container's CORS settings let in, as `Access-Control-Allow-Origin` says it.
+fn cors_allowed(meta: &BTreeMap<String, String>, origin: &str) -> Option<String> {
+    let allowed = meta.get("access-control-allow-origin")?;
+    let list: Vec<&str> = allowed.split_whitespace().collect();
+    if list.contains(&"*") {
+        Some("*".into())
+    } else if list.contains(&origin) {
+        Some(origin.to_string())
+    } else {
+        None
+    }
+}
+
+/// A CORS preflight (`OPTIONS`): no token; the container's CORS metadata decides.
+async fn preflight(gw: &SwiftGateway, ep: &Endpoint, headers: &HeaderMap) -> Response {
+    let mut h = HeaderMap::new();
+    response::put_str(&mut h, "allow", CORS_METHODS);
+    let (account, container) = match ep {
+        Endpoint::Container { account, container }
+        | Endpoint::Object {
+            account, container, ..
+        } => (account, container),
+        _ => return response::empty(StatusCode::OK, h),
+    };
+    let (Some(origin), Some(req_method)) = (
+        hget(headers, "origin"),
+        hget(headers, "access-control-request-method"),
+    ) else {
+        return fault(Fault::Unauthorized);
+    };
+    let Ok(info) = gw.objects.container(account, container).await else {
+        return fault(Fault::Unauthorized);
+    };
+    let Some(allow) = cors_allowed(&info.meta, origin) else {
+        return fault(Fault::Unauthorized);
+    };
+    if !CORS_METHODS.split(", ").any(|m| m == req_method.trim()) {
+        return fault(Fault::Unauthorized);
+    }
+    response::put_str(&mut h, "access-control-allow-origin", &allow);
+    response::put_str(&mut h, "access-control-allow-methods", CORS_METHODS);
+    if let Some(req_headers) = hget(headers, "access-control-request-headers") {
+        response::put_str(&mut h, "access-control-allow-headers", req_headers);
+    }
+    if let Some(age) = info.meta.get("access-control-max-age") {
+        response::put_str(&mut h, "access-control-max-age", age);
+    }
+    response::empty(StatusCode::OK, h)
+}
+
+/// CORS headers of an actual request from `origin` (strict mode: only what the container allows).
+async fn add_cors(
+    gw: &SwiftGateway,
+    resp: &mut Response,
+    origin: &str,
+    account: &str,
+    container: &str,
+) {
+    let Ok(info) = gw.objects.container(account, container).await else {
+        return;
+    };
+    let Some(allow) = cors_allowed(&info.meta, origin) else {
+        return;
+    };
+    let mut expose: Vec<String> = [
+        "cache-control",
+        "content-language",
+        "content-type",
+        "expires",
+        "last-modified",
+        "pragma",
+        "etag",
+        "x-timestamp",
+        "x-trans-id",
+        "x-openstack-request-id",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for name in resp.headers().keys() {
+        let n = name.as_str();
+        if n.starts_with("x-object-meta-") || n.starts_with("x-container-meta-") {
+            expose.push(n.to_string());
+        }
+    }
+    if let Some(extra) = info.meta.get("access-control-expose-headers") {
+        expose.extend(
+            extra
+                .split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .map(|s| s.to_ascii_lowercase()),
+        );
+    }
+    let h = resp.headers_mut();
+    response::put_str(h, "access-control-allow-origin", &allow);
+    response::put_str(h, "access-control-expose-headers", &expose.join(", "));
+}
+
+/// What every `/v1` answer carries: the realm of a 401, and an echoed keep-alive.
+fn finish_response(resp: &mut Response, path: &str, headers: &HeaderMap) {
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        let account = path
+            .strip_prefix("/v1/")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or("");
+        let decoded = percent_encoding::percent_decode_str(account).collect::<Vec<u8>>();
+        let realm = percent_encoding::percent_encode(&decoded, PATH_SEGMENT).to_string();
+        if let Ok(v) = HeaderValue::from_str(&format!("Swift realm=\"{realm}\"")) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    let keep_alive =
+        hget(headers, "connection").is_some_and(|c| c.trim().eq_ignore_ascii_case("keep-alive"));
+    if keep_alive {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    }
 }
 
 fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
-    form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect()
+    form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }
 
-/// Check the token and the caller's roles on the account.
+/// Whether a Swift ACL element names the caller (keystone form `project:user`, either part an
+/// id, a name or `*`; a bare element is a role name).
+fn acl_names(elem: &str, ctx: &AuthContext) -> bool {
+    match elem.split_once(':') {
+        Some((p, u)) => {
+            let p_ok = p == "*"
+                || (!ctx.project_id.is_empty() && (p == ctx.project_id || p == ctx.project_name));
+            let u_ok = u == "*" || u == ctx.user_id || u == ctx.user_name;
+            p_ok && u_ok
+        }
+        None => !elem.starts_with('.') && ctx.has_role(elem),
+    }
+}
+
+/// Whether a referrer element (`.r:*`, `.r:host`, `.r:.domain`, `.r:-host`) lets `referer` in.
+fn referrer_allows(acl: &str, referer: Option<&str>) -> bool {
+    let host = referer
+        .and_then(|r| r.split_once("://").map(|(_, rest)| rest))
+        .map(|rest| rest.split(['/', ':']).next().unwrap_or(""))
+        .unwrap_or("");
+    let mut allowed = false;
+    for elem in acl.split(',').map(str::trim) {
+        let Some(spec) = elem
+            .strip_prefix(".r:")
+            .or_else(|| elem.strip_prefix(".referrer:"))
+        else {
+            continue;
+        };
+        let (deny, spec) = match spec.strip_prefix('-') {
+            Some(s) => (true, s),
+            None => (false, spec),
+        };
+        // `*.example.com` is the same as `.example.com`.
+        let spec = spec
+            .strip_prefix('*')
+            .filter(|s| s.starts_with('.'))
+            .unwrap_or(spec);
+        let hit = spec == "*"
+            || (!host.is_empty()
+                && (host == spec
+                    || (spec.starts_with('.') && (host.ends_with(spec) || host == &spec[1..]))));
+        if hit {
+            allowed = !deny;
+        }
+    }
+    allowed
+}
+
+/// Check the token, the caller's roles on the account and, for container and object
+/// requests by others, the container's ACLs.
 async fn authorize(
     gw: &SwiftGateway,
     headers: &HeaderMap,
     account: &str,
-    access: Access,
-) -> Result<AuthContext, Response> {
-    let token = headers
-        .get("x-auth-token")
-        .or_else(|| headers.get("x-storage-token"))
-        .and_then(|v| v.to_str().ok());
-    let Some(token) = token else {
-        return Err(fault(Fault::Unauthorized));
+    container: Option<&str>,
+    need: Need,
+) -> Result<Option<AuthContext>, Response> {
+    let ctx = match strata_api::auth_token(headers) {
+        None => None,
+        Some(token) => match gw.identity.validate(token).await {
+            Ok(ctx) => Some(ctx),
+            Err(e) => {
+                tracing::info!(error = %e, "swift request with an invalid token");
+                return Err(fault(Fault::Unauthorized));
+            }
+        },
     };
-    let ctx = match gw.identity.validate(token).await {
-        Ok(ctx) => ctx,
-        Err(e) => {
-            tracing::info!(error = %e, "swift request with an invalid token");
-            return Err(fault(Fault::Unauthorized));
+    if let Some(ctx) = &ctx {
+        let own = !ctx.project_id.is_empty() && account == format!("AUTH_{}", ctx.project_id);
+        let operator =
+            ctx.has_role("admin") || ctx.has_role("member") || ctx.has_role("SwiftOperator");
+        let read = matches!(
+            need,
+            Need::OwnerRead | Need::ListContainer | Need::ReadObject
+        );
+        if ctx.has_role("ResellerAdmin") || (own && (operator || (read && ctx.has_role("reader"))))
+        {
+            return Ok(ctx.clone().into());
         }
-    };
-    let own = !ctx.project_id.is_empty() && account == format!("AUTH_{}", ctx.project_id);
-    let reseller = ctx.has_role("ResellerAdmin");
-    let operator = ctx.has_role("admin") || ctx.has_role("member");
-    let allowed = reseller
-        || (own && (operator || (access == Access::Read && ctx.has_role("reader"))));
-    if allowed {
-        Ok(ctx)
-    } else {
-        Err(fault(Fault::Forbidden))
     }
+    if let (Some(c), true) = (
+        container,
+        matches!(
+            need,
+            Need::ListContainer | Need::ReadObject | Need::WriteObject
+        ),
+    ) {
+        if let Ok(info) = gw.objects.container(account, c).await {
+            let acl = |name: &str| info.headers.get(name).cloned().unwrap_or_default();
+            let names = |acl: &str| {
+                ctx.as_ref().is_some_and(|ctx| {
+                    acl.split(',')
+                        .map(str::trim)
+                        .any(|e| !e.is_empty() && acl_names(e, ctx))
+                })
+            };
+            let referer = hget(headers, "referer");
+            let ok = match need {
+                Need::ReadObject => {
+                    let r = acl("x-container-read");
+                    names(&r) || referrer_allows(&r, referer)
+                }
+                Need::ListContainer => {
+                    let r = acl("x-container-read");
+                    names(&r)
+                        || (referrer_allows(&r, referer)
+                            && r.split(',').any(|e| e.trim() == ".rlistings"))
+                }
+                _ => names(&acl("x-container-write")),
+            };
+            if ok {
+                return Ok(ctx);
+            }
+        }
+    }
+    Err(if ctx.is_none() {
+        fault(Fault::Unauthorized)
+    } else {
+        fault(Fault::Forbidden)
+    })
 }
 
 type Handled = Result<Response, Response>;
@@ -165,6 +460,9 @@ fn object_error(e: ObjectError) -> Response {
         ObjectError::EtagMismatch { .. } => fault(Fault::UnprocessableEntity),
         ObjectError::Body(m) => {
             tracing::info!(error = %m, "request body failed");
+            if m.contains("larger than") {
+                return fault(Fault::TooLarge);
+            }
             response::text(StatusCode::REQUEST_TIMEOUT, "Request body failed")
         }
         ObjectError::Data(e) => {
@@ -182,46 +480,59 @@ fn object_error(e: ObjectError) -> Response {
     }
 }
 
-/// Metadata headers with `prefix` (e.g. `x-container-meta-`), names lower-cased.
-fn meta_from_headers(headers: &HeaderMap, prefix: &str) -> Result<BTreeMap<String, String>, Response> {
+fn bad_request(msg: &str) -> Response {
+    response::text(StatusCode::BAD_REQUEST, msg)
+}
+
+/// Metadata headers with `prefix` (e.g. `x-container-meta-`), names lower-cased, checked
+/// against the per-item limits.
+fn meta_from_headers(
+    headers: &HeaderMap,
+    prefix: &str,
+) -> Result<BTreeMap<String, String>, Response> {
     let mut out = BTreeMap::new();
-    let mut total = 0;
     for (name, value) in headers {
-        let Some(key) = name.as_str().strip_prefix(prefix) else { continue };
-        let value = value
-            .to_str()
-            .map_err(|_| response::text(StatusCode::BAD_REQUEST, "Metadata must be valid UTF-8"))?;
+        let Some(key) = name.as_str().strip_prefix(prefix) else {
+            continue;
+        };
+        let value_len = value.len();
+        let value = response::meta_value_from_bytes(value.as_bytes());
         if key.is_empty() {
-            return Err(response::text(StatusCode::BAD_REQUEST, "Metadata name cannot be empty"));
+            return Err(bad_request("Metadata name cannot be empty"));
         }
         if key.len() > META_NAME_BYTES_MAX {
-            return Err(response::text(
-                StatusCode::BAD_REQUEST,
-                &format!("Metadata name too long; max {META_NAME_BYTES_MAX}"),
-            ));
+            return Err(bad_request(&format!(
+                "Metadata name too long; max {META_NAME_BYTES_MAX}"
+            )));
         }
-        if value.len() > META_VALUE_BYTES_MAX {
-            return Err(response::text(
-                StatusCode::BAD_REQUEST,
-                &format!("Metadata value longer than {META_VALUE_BYTES_MAX}"),
-            ));
+        if value_len > META_VALUE_BYTES_MAX {
+            return Err(bad_request(&format!(
+                "Metadata value longer than {META_VALUE_BYTES_MAX}"
+            )));
         }
-        total += key.len() + value.len();
-        out.insert(key.to_string(), value.to_string());
+        out.insert(key.to_string(), value);
     }
-    if out.len() > META_COUNT_MAX {
-        return Err(response::text(
-            StatusCode::BAD_REQUEST,
-            &format!("Too many metadata items; max {META_COUNT_MAX}"),
-        ));
-    }
-    if total > META_OVERALL_BYTES_MAX {
-        return Err(response::text(
-            StatusCode::BAD_REQUEST,
-            &format!("Total metadata too large; max {META_OVERALL_BYTES_MAX}"),
-        ));
-    }
+    check_meta_totals(&out)?;
     Ok(out)
+}
+
+/// Count and overall size limits of a whole set of metadata.
+fn check_meta_totals(meta: &BTreeMap<String, String>) -> Result<(), Response> {
+    if meta.len() > META_COUNT_MAX {
+        return Err(bad_request(&format!(
+            "Too many metadata items; max {META_COUNT_MAX}"
+        )));
+    }
+    let total: usize = meta
+        .iter()
+        .map(|(k, v)| k.len() + response::meta_value_bytes(v).len())
+        .sum();
+    if total > META_OVERALL_BYTES_MAX {
+        return Err(bad_request(&format!(
+            "Total metadata too large; max {META_OVERALL_BYTES_MAX}"
+        )));
+    }
+    Ok(())
 }
 
 /// Metadata a POST sets, and the names it removes (`X-Remove-<kind>-Meta-*`,
@@ -245,19 +556,45 @@ fn meta_changes(
             set.insert(k, v);
         }
     }
+    set.retain(|k, _| !cleared.contains(k));
     Ok((set, cleared))
+}
+
+/// The stored metadata after a change, checked against the aggregate limits.
+fn check_merged(
+    existing: &BTreeMap<String, String>,
+    set: &BTreeMap<String, String>,
+    cleared: &[String],
+) -> Result<(), Response> {
+    let mut merged = existing.clone();
+    for c in cleared {
+        merged.remove(c);
+    }
+    merged.extend(set.clone());
+    check_meta_totals(&merged)
 }
 
 fn listing_limit(query: &BTreeMap<String, String>) -> Result<usize, Response> {
     match query.get("limit") {
-        None => Ok(LISTING_LIMIT_MAX),
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if n <= LISTING_LIMIT_MAX => Ok(n),
-            _ => Err(response::text(
-                StatusCode::PRECONDITION_FAILED,
-                &format!("Maximum limit is {LISTING_LIMIT_MAX}"),
-            )),
-        },
+        Some(l) if !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) => {
+            match l.parse::<usize>() {
+                Ok(n) if n <= LISTING_LIMIT_MAX => Ok(n),
+                _ => Err(response::text(
+                    StatusCode::PRECONDITION_FAILED,
+                    &format!("Maximum limit is {LISTING_LIMIT_MAX}"),
+                )),
+            }
+        }
+        _ => Ok(LISTING_LIMIT_MAX),
+    }
+}
+
+/// Content type of a listing response (also on HEAD).
+fn listing_content_type(headers: &HeaderMap, query: &BTreeMap<String, String>) -> &'static str {
+    match listing::format_of(headers, query) {
+        listing::Format::Plain => "text/plain; charset=utf-8",
+        listing::Format::Json => "application/json; charset=utf-8",
+        listing::Format::Xml => "application/xml; charset=utf-8",
     }
 }
 
@@ -280,30 +617,107 @@ async fn account_request(
             response::put_num(&mut h, "x-account-bytes-used", bytes);
             response::put_meta(&mut h, "x-account-meta-", &meta);
             if *method == Method::HEAD {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(listing_content_type(headers, query)),
+                );
                 return Ok(response::empty(StatusCode::NO_CONTENT, h));
             }
-            let limit = listing_limit(query)?;
-            let prefix = query.get("prefix").map(String::as_str).unwrap_or("");
-            let marker = query.get("marker").map(String::as_str).filter(|m| !m.is_empty());
-            let rows = objects
-                .list_containers(account, prefix, marker, limit)
+            let p = listing::ListParams::from_query(query, listing_limit(query)?);
+            let all = objects
+                .list_containers(account, &p.prefix, None, usize::MAX)
                 .await
                 .map_err(object_error)?;
-            let mut entries = Vec::with_capacity(rows.len());
-            for (name, info) in rows {
-                let (count, bytes) =
-                    objects.container_usage(account, &name).await.map_err(object_error)?;
-                entries.push(listing::ContainerRow { name, count, bytes, created: info.created });
+            let mut entries = Vec::new();
+            for row in listing::select(all, &p) {
+                match row {
+                    listing::Row::Item(name, info) => {
+                        let (count, bytes) = objects
+                            .container_usage(account, &name)
+                            .await
+                            .map_err(object_error)?;
+                        entries.push(listing::ContainerRow {
+                            name,
+                            count,
+                            bytes,
+                            created: info.last_modified(),
+                            subdir: false,
+                        });
+                    }
+                    listing::Row::Subdir(name) => entries.push(listing::ContainerRow {
+                        name,
+                        count: 0,
+                        bytes: 0,
+                        created: strata_types::Timestamp(0),
+                        subdir: true,
+                    }),
+                }
             }
             Ok(listing::containers(headers, query, h, account, &entries))
         }
         Method::POST => {
+            if let Some(acl) = headers.get("x-account-access-control") {
+                if acl.len() > MAX_HEADER_BYTES {
+                    return Err(bad_request("Header value too long"));
+                }
+                let valid = std::str::from_utf8(acl.as_bytes()).is_ok_and(valid_account_acl);
+                if !valid {
+                    return Err(bad_request("Invalid X-Account-Access-Control"));
+                }
+                // Keystone accounts take no account ACLs: like Swift's keystoneauth, the
+                // header is dropped and the rest of the request goes on.
+            }
             let (set, cleared) = meta_changes(headers, "account")?;
-            objects.update_account_meta(account, set, &cleared).await.map_err(object_error)?;
+            let existing = objects.account_meta(account).await.map_err(object_error)?;
+            check_merged(&existing, &set, &cleared)?;
+            objects
+                .update_account_meta(account, set, &cleared)
+                .await
+                .map_err(object_error)?;
             Ok(response::empty(StatusCode::NO_CONTENT, HeaderMap::new()))
         }
         _ => Ok(fault(Fault::MethodNotAllowed)),
     }
+}
+
+/// Swift's account ACL shape: a JSON object of `admin`/`read-write`/`read-only` to lists of strings.
+fn valid_account_acl(acl: &str) -> bool {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(acl) else {
+        return false;
+    };
+    map.iter().all(|(k, v)| {
+        matches!(k.as_str(), "admin" | "read-write" | "read-only")
+            && v.as_array()
+                .is_some_and(|a| a.iter().all(|x| x.is_string()))
+    })
+}
+
+/// Container headers stored besides metadata, settable by PUT/POST and removable with
+/// `X-Remove-<name without x->`.
+const CONTAINER_HEADERS: [&str; 2] = ["x-container-read", "x-container-write"];
+
+fn container_header_changes(
+    headers: &HeaderMap,
+) -> Result<(BTreeMap<String, String>, Vec<String>), Response> {
+    let mut set = BTreeMap::new();
+    let mut removed = Vec::new();
+    for name in CONTAINER_HEADERS {
+        if let Some(v) = headers.get(name) {
+            let v = std::str::from_utf8(v.as_bytes())
+                .map_err(|_| bad_request("ACL must be valid UTF-8"))?;
+            let v = v.trim();
+            if v.is_empty() {
+                removed.push(name.to_string());
+            } else {
+                set.insert(name.to_string(), v.to_string());
+            }
+        }
+        if headers.contains_key(format!("x-remove-{}", &name[2..]).as_str()) {
+            removed.push(name.to_string());
+            set.remove(name);
+        }
+    }
+    Ok((set, removed))
 }
 
 async fn container_request(
@@ -317,39 +731,96 @@ async fn container_request(
     let objects = &gw.objects;
     match *method {
         Method::PUT => {
-            let meta = meta_from_headers(headers, "x-container-meta-")?;
-            let created =
-                objects.put_container(account, container, meta).await.map_err(object_error)?;
-            let status = if created { StatusCode::CREATED } else { StatusCode::ACCEPTED };
+            if let Some(policy) = hget(headers, "x-storage-policy") {
+                let policy = policy.trim();
+                if !policy.is_empty() && !policy.eq_ignore_ascii_case("Policy-0") {
+                    return Err(bad_request(&format!("Invalid X-Storage-Policy '{policy}'")));
+                }
+            }
+            let (meta, cleared) = meta_changes(headers, "container")?;
+            let (hset, hremoved) = container_header_changes(headers)?;
+            let created = objects
+                .put_container(account, container, meta.clone(), hset.clone())
+                .await;
+            let created = created.map_err(object_error)?;
+            if !created && (!cleared.is_empty() || !hremoved.is_empty()) {
+                let change = strata_object::ContainerChange {
+                    remove_meta: cleared,
+                    remove_headers: hremoved,
+                    ..Default::default()
+                };
+                objects
+                    .update_container(account, container, change)
+                    .await
+                    .map_err(object_error)?;
+            }
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::ACCEPTED
+            };
             Ok(response::empty(status, HeaderMap::new()))
         }
         Method::POST => {
             let (set, cleared) = meta_changes(headers, "container")?;
+            let (hset, hremoved) = container_header_changes(headers)?;
+            let info = objects
+                .container(account, container)
+                .await
+                .map_err(object_error)?;
+            check_merged(&info.meta, &set, &cleared)?;
+            let change = strata_object::ContainerChange {
+                set_meta: set,
+                remove_meta: cleared,
+                set_headers: hset,
+                remove_headers: hremoved,
+            };
             objects
-                .update_container_meta(account, container, set, &cleared)
+                .update_container(account, container, change)
                 .await
                 .map_err(object_error)?;
             Ok(response::empty(StatusCode::NO_CONTENT, HeaderMap::new()))
         }
         Method::DELETE => {
-            objects.delete_container(account, container).await.map_err(object_error)?;
+            objects
+                .delete_container(account, container)
+                .await
+                .map_err(object_error)?;
             Ok(response::empty(StatusCode::NO_CONTENT, HeaderMap::new()))
         }
         Method::GET | Method::HEAD => {
-            let info = objects.container(account, container).await.map_err(object_error)?;
-            let (count, bytes) =
-                objects.container_usage(account, container).await.map_err(object_error)?;
+            let info = objects
+                .container(account, container)
+                .await
+                .map_err(object_error)?;
+            let (count, bytes) = objects
+                .container_usage(account, container)
+                .await
+                .map_err(object_error)?;
             let mut h = HeaderMap::new();
             response::put_num(&mut h, "x-container-object-count", count);
             response::put_num(&mut h, "x-container-bytes-used", bytes);
             response::put_str(&mut h, "x-timestamp", &info.created.to_swift());
+            response::put_str(&mut h, "x-put-timestamp", &info.last_modified().to_swift());
+            response::put_str(
+                &mut h,
+                "last-modified",
+                &response::http_date(info.last_modified()),
+            );
             response::put_str(&mut h, "x-storage-policy", "Policy-0");
             response::put_meta(&mut h, "x-container-meta-", &info.meta);
+            for (k, v) in &info.headers {
+                response::put_str(&mut h, k, v);
+            }
             if *method == Method::HEAD {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(listing_content_type(headers, query)),
+                );
                 return Ok(response::empty(StatusCode::NO_CONTENT, h));
             }
-            let limit = listing_limit(query)?;
-            let rows = listing::list_with_delimiter(objects, account, container, query, limit)
+            let p = listing::ListParams::from_query(query, listing_limit(query)?);
+            let rows = listing::list_objects(objects, account, container, &p)
                 .await
                 .map_err(object_error)?;
             Ok(listing::objects(headers, query, h, container, &rows))
@@ -371,59 +842,272 @@ async fn object_request(
     method: &Method,
     o: ObjectRef<'_>,
     headers: &HeaderMap,
+    query: &BTreeMap<String, String>,
     body: Body,
 ) -> Handled {
-    match *method {
-        Method::PUT => put_object(gw, o, headers, body).await,
-        Method::GET | Method::HEAD => get_object(gw, method, o, headers).await,
-        Method::DELETE => {
-            gw.objects.delete_object(o.account, o.container, o.object).await.map_err(object_error)?;
+    match method.as_str() {
+        "PUT" => put_object(gw, o, headers, query, body).await,
+        "GET" | "HEAD" => get_object(gw, method, o, headers, query).await,
+        "DELETE" => {
+            if let Some(v) = hget(headers, "x-if-delete-at") {
+                let Ok(at) = v.trim().parse::<u64>() else {
+                    return Err(bad_request("Bad X-If-Delete-At header value"));
+                };
+                let info = gw
+                    .objects
+                    .head_object(o.account, o.container, o.object)
+                    .await
+                    .map_err(object_error)?;
+                if info.delete_at() != Some(at) {
+                    return Err(fault(Fault::PreconditionFailed));
+                }
+            }
+            gw.objects
+                .delete_object(o.account, o.container, o.object)
+                .await
+                .map_err(object_error)?;
             Ok(response::empty(StatusCode::NO_CONTENT, HeaderMap::new()))
         }
-        Method::POST => {
+        "POST" => {
             let meta = meta_from_headers(headers, "x-object-meta-")?;
+            let (set_headers, remove_headers) = kept_headers(headers, true)?;
+            let content_type = hget(headers, "content-type").map(str::to_string);
+            let post = strata_object::ObjectPost {
+                meta,
+                content_type,
+                set_headers,
+                remove_headers,
+            };
             gw.objects
-                .post_object(o.account, o.container, o.object, meta)
+                .post_object(o.account, o.container, o.object, post)
                 .await
                 .map_err(object_error)?;
             Ok(response::empty(StatusCode::ACCEPTED, HeaderMap::new()))
         }
+        "COPY" => copy_verb(gw, o, headers, query).await,
         _ => Ok(fault(Fault::MethodNotAllowed)),
     }
 }
 
-/// Headers stored with an object and given back on GET/HEAD.
-const KEPT_HEADERS: [&str; 2] = ["content-encoding", "content-disposition"];
+/// Headers stored with an object and given back on GET/HEAD (Swift's allowed headers).
+const KEPT_HEADERS: [&str; 8] = [
+    "content-encoding",
+    "content-disposition",
+    "content-language",
+    "cache-control",
+    "expires",
+    "x-robots-tag",
+    "x-object-manifest",
+    "x-delete-at",
+];
 
-async fn put_object(gw: &SwiftGateway, o: ObjectRef<'_>, headers: &HeaderMap, body: Body) -> Handled {
-    let chunked = headers
-        .get(header::TRANSFER_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
-    match (length, chunked) {
-        (None, false) => return Ok(fault(Fault::LengthRequired)),
-        (Some(l), _) => match l.parse::<u64>() {
-            Ok(n) if n > OBJECT_BYTES_MAX => return Ok(fault(Fault::TooLarge)),
-            Ok(_) => {}
-            Err(_) => return Ok(response::text(StatusCode::BAD_REQUEST, "Invalid Content-Length")),
-        },
-        _ => {}
-    }
-    let mut opts = PutOptions {
-        content_type: headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        meta: meta_from_headers(headers, "x-object-meta-")?,
-        headers: BTreeMap::new(),
-        expected_etag: headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_string),
-    };
+/// The kept headers a PUT or POST sets (with `X-Delete-After` turned into `X-Delete-At`),
+/// and, for a POST, the ones it drops (all it does not give).
+fn kept_headers(
+    headers: &HeaderMap,
+    post: bool,
+) -> Result<(BTreeMap<String, String>, Vec<String>), Response> {
+    let mut set = BTreeMap::new();
     for name in KEPT_HEADERS {
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            opts.headers.insert(name.to_string(), v.to_string());
+        if let Some(v) = headers.get(name) {
+            let v = std::str::from_utf8(v.as_bytes())
+                .map_err(|_| bad_request("Header must be valid UTF-8"))?;
+            set.insert(name.to_string(), v.to_string());
         }
     }
+    let now = strata_object::unix_now();
+    if let Some(v) = hget(headers, "x-delete-after") {
+        let Ok(after) = v.trim().parse::<u64>() else {
+            return Err(bad_request("Non-integer X-Delete-After"));
+        };
+        set.insert("x-delete-at".into(), now.saturating_add(after).to_string());
+    }
+    if let Some(v) = set.get("x-delete-at") {
+        let Ok(at) = v.trim().parse::<f64>() else {
+            return Err(bad_request("Non-integer X-Delete-At"));
+        };
+        if !at.is_finite() || at < 0.0 {
+            return Err(bad_request("Non-integer X-Delete-At"));
+        }
+        let at = (at as u64).min(DELETE_AT_MAX);
+        if at <= now && !headers.contains_key("x-delete-after") {
+            return Err(bad_request("X-Delete-At in past"));
+        }
+        set.insert("x-delete-at".into(), at.to_string());
+    }
+    if let Some(m) = set.get("x-object-manifest") {
+        let m = percent_encoding::percent_decode_str(m)
+            .decode_utf8_lossy()
+            .to_string();
+        match m.trim_start_matches('/').split_once('/') {
+            Some((c, _)) if !c.is_empty() && !m.contains('?') => {}
+            _ => {
+                return Err(bad_request(
+                    "X-Object-Manifest must be in the format container/prefix",
+                ))
+            }
+        }
+    }
+    let removed = if post {
+        KEPT_HEADERS
+            .iter()
+            .filter(|n| !set.contains_key(**n))
+            .map(|n| n.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok((set, removed))
+}
+
+/// The content type of a name's extension (Python's mimetypes for the common ones).
+fn guess_type(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "txt" | "text" | "conf" | "log" => "text/plain",
+        "html" | "htm" => "text/html",
+        "css" => "text/css",
+        "csv" => "text/csv",
+        "xml" => "text/xml",
+        "js" => "text/javascript",
+        "json" => "application/json",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        "ico" => "image/vnd.microsoft.icon",
+        "wav" => "audio/x-wav",
+        "mp3" => "audio/mpeg",
+        "mp4" => "video/mp4",
+        "mpg" | "mpeg" => "video/mpeg",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Where a copy reads from.
+struct CopySource {
+    account: String,
+    container: String,
+    object: String,
+}
+
+/// `container/object` (optionally with a leading slash), percent-encoded as Swift takes it.
+fn parse_copy_path(raw: &str, what: &str) -> Result<(String, String), Response> {
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| {
+            response::text(
+                StatusCode::PRECONDITION_FAILED,
+                "Invalid UTF8 or contains NULL",
+            )
+        })?;
+    let path = decoded.strip_prefix('/').unwrap_or(&decoded);
+    match path.split_once('/') {
+        Some((c, o)) if !c.is_empty() && !o.is_empty() => Ok((c.to_string(), o.to_string())),
+        _ => Err(response::text(
+            StatusCode::PRECONDITION_FAILED,
+            &format!("{what} header must be of the form <container name>/<object name>"),
+        )),
+    }
+}
+
+/// The COPY verb: a PUT at `Destination` copying this object.
+async fn copy_verb(
+    gw: &SwiftGateway,
+    o: ObjectRef<'_>,
+    headers: &HeaderMap,
+    query: &BTreeMap<String, String>,
+) -> Handled {
+    let Some(dest) = hget(headers, "destination") else {
+        return Err(response::text(
+            StatusCode::PRECONDITION_FAILED,
+            "You must specify a Destination header",
+        ));
+    };
+    let (dc, dobj) = parse_copy_path(dest, "Destination")?;
+    let dacct = match hget(headers, "destination-account") {
+        Some(a) => percent_encoding::percent_decode_str(a)
+            .decode_utf8_lossy()
+            .to_string(),
+        None => o.account.to_string(),
+    };
+    let src = CopySource {
+        account: o.account.into(),
+        container: o.container.into(),
+        object: o.object.into(),
+    };
+    let dest = ObjectRef {
+        account: &dacct,
+        container: &dc,
+        object: &dobj,
+    };
+    do_copy(gw, src, dest, headers, query, true).await
+}
+
+async fn put_object(
+    gw: &SwiftGateway,
+    o: ObjectRef<'_>,
+    headers: &HeaderMap,
+    query: &BTreeMap<String, String>,
+    body: Body,
+) -> Handled {
+    if let Some(te) = hget(headers, "transfer-encoding") {
+        if !te.trim().eq_ignore_ascii_case("chunked") {
+            return Err(response::text(
+                StatusCode::NOT_IMPLEMENTED,
+                "Not Implemented",
+            ));
+        }
+    }
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    let length = hget(headers, "content-length");
+    let declared = match (length, chunked) {
+        (None, false) => return Ok(fault(Fault::LengthRequired)),
+        (Some(l), _) => match l.trim().parse::<u64>() {
+            Ok(n) if n > OBJECT_BYTES_MAX => return Ok(fault(Fault::TooLarge)),
+            Ok(n) => Some(n),
+            Err(_) => return Ok(bad_request("Invalid Content-Length")),
+        },
+        _ => None,
+    };
+    if let Some(from) = hget(headers, "x-copy-from") {
+        if declared.is_some_and(|n| n > 0) {
+            return Err(bad_request("Copy requests require a zero byte body"));
+        }
+        let (sc, so) = parse_copy_path(from, "X-Copy-From")?;
+        let sa = match hget(headers, "x-copy-from-account") {
+            Some(a) => percent_encoding::percent_decode_str(a)
+                .decode_utf8_lossy()
+                .to_string(),
+            None => o.account.to_string(),
+        };
+        authorize(gw, headers, &sa, Some(&sc), Need::ReadObject).await?;
+        let src = CopySource {
+            account: sa,
+            container: sc,
+            object: so,
+        };
+        return do_copy(gw, src, o, headers, query, false).await;
+    }
+    check_if_none_match(gw, o, headers).await?;
+    let (kept, _) = kept_headers(headers, false)?;
+    let content_type = match hget(headers, "content-type") {
+        Some(ct) if !truthy(hget(headers, "x-detect-content-type")) => ct.to_string(),
+        _ => guess_type(o.object).to_string(),
+    };
+    let opts = PutOptions {
+        content_type: Some(content_type),
+        meta: meta_from_headers(headers, "x-object-meta-")?,
+        headers: kept,
+        expected_etag: hget(headers, "etag").map(str::to_string),
+    };
     let mut received = 0u64;
     let stream = body.into_data_stream().map(move |chunk| {
         let chunk = chunk.map_err(|e| e.to_string())?;
@@ -438,22 +1122,274 @@ async fn put_object(gw: &SwiftGateway, o: ObjectRef<'_>, headers: &HeaderMap, bo
         .put_object(o.account, o.container, o.object, Box::pin(stream), opts)
         .await
         .map_err(object_error)?;
-    let mut h = HeaderMap::new();
-    response::put_str(&mut h, "etag", &info.etag);
-    response::put_str(&mut h, "last-modified", &response::http_date(info.timestamp));
-    response::put_str(&mut h, "x-timestamp", &info.timestamp.to_swift());
-    Ok(response::empty(StatusCode::CREATED, h))
+    Ok(created(&info, HeaderMap::new()))
 }
 
-fn object_headers(info: &ObjectInfo) -> HeaderMap {
-    let mut h = HeaderMap::new();
+fn created(info: &ObjectInfo, mut h: HeaderMap) -> Response {
     response::put_str(&mut h, "etag", &info.etag);
-    response::put_str(&mut h, "last-modified", &response::http_date(info.timestamp));
+    response::put_str(
+        &mut h,
+        "last-modified",
+        &response::http_date(info.timestamp),
+    );
+    response::put_str(&mut h, "x-timestamp", &info.timestamp.to_swift());
+    response::empty(StatusCode::CREATED, h)
+}
+
+/// `If-None-Match: *` on a PUT: refuse to overwrite. Other values are a bad request.
+async fn check_if_none_match(
+    gw: &SwiftGateway,
+    o: ObjectRef<'_>,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    let Some(inm) = hget(headers, "if-none-match") else {
+        return Ok(());
+    };
+    if inm.trim() != "*" {
+        return Err(bad_request("If-None-Match only supports *"));
+    }
+    if gw
+        .objects
+        .head_object(o.account, o.container, o.object)
+        .await
+        .is_ok()
+    {
+        return Err(fault(Fault::PreconditionFailed));
+    }
+    Ok(())
+}
+
+/// The body of an object as GET gives it: its own bytes, or a DLO's segments.
+struct Content {
+    info: ObjectInfo,
+    /// DLO segments (container, name, record) in order; None for a plain object.
+    segments: Option<(String, Vec<(String, ObjectInfo)>)>,
+    size: u64,
+    etag: String,
+}
+
+async fn content_of(
+    gw: &SwiftGateway,
+    account: &str,
+    container: &str,
+    object: &str,
+    headers: &HeaderMap,
+    query: &BTreeMap<String, String>,
+) -> Result<Content, Response> {
+    let info = gw
+        .objects
+        .head_object(account, container, object)
+        .await
+        .map_err(object_error)?;
+    let manifest = info.headers.get("x-object-manifest").cloned();
+    let want_manifest = query.get("multipart-manifest").is_some_and(|v| v == "get");
+    match manifest {
+        Some(m) if !want_manifest => {
+            let m = percent_encoding::percent_decode_str(&m)
+                .decode_utf8_lossy()
+                .to_string();
+            let m = m.trim_start_matches('/');
+            let (sc, prefix) = m.split_once('/').unwrap_or((m, ""));
+            // Segments are read with the caller's own rights on their container.
+            authorize(gw, headers, account, Some(sc), Need::ListContainer).await?;
+            let rows = gw
+                .objects
+                .list_objects(account, sc, prefix, None, None, usize::MAX)
+                .await
+                .map_err(object_error)?;
+            let mut segs = Vec::new();
+            let mut size = 0;
+            let mut md5 = Md5::new();
+            for (name, _) in rows {
+                let Ok(seg) = gw.objects.head_object(account, sc, &name).await else {
+                    continue;
+                };
+                size += seg.size;
+                md5.update(seg.etag.as_bytes());
+                segs.push((name, seg));
+            }
+            let etag = format!("\"{}\"", hex_lower(&md5.finalize()));
+            Ok(Content {
+                info,
+                segments: Some((sc.to_string(), segs)),
+                size,
+                etag,
+            })
+        }
+        _ => {
+            let (size, etag) = (info.size, info.etag.clone());
+            Ok(Content {
+                info,
+                segments: None,
+                size,
+                etag,
+            })
+        }
+    }
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+type ByteStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, ObjectError>> + Send>>;
+
+/// The bytes `[start, end)` of a content.
+fn read_content(
+    gw: &SwiftGateway,
+    account: &str,
+    container: &str,
+    object: &str,
+    c: &Content,
+    start: u64,
+    end: u64,
+) -> ByteStream {
+    match &c.segments {
+        None => Box::pin(
+            gw.objects
+                .read_range(account, container, object, &c.info, start, end),
+        ),
+        Some((sc, segs)) => {
+            let mut parts: Vec<ByteStream> = Vec::new();
+            let mut off = 0u64;
+            for (name, seg) in segs {
+                let (s, e) = (off, off + seg.size);
+                off = e;
+                if e <= start || s >= end {
+                    continue;
+                }
+                let from = start.saturating_sub(s);
+                let to = end.min(e) - s;
+                parts.push(Box::pin(
+                    gw.objects.read_range(account, sc, name, seg, from, to),
+                ));
+            }
+            Box::pin(futures::stream::iter(parts).flatten())
+        }
+    }
+}
+
+/// Copy `src` (its GET content, honouring Range) to `dest` with Swift's metadata rules.
+async fn do_copy(
+    gw: &SwiftGateway,
+    src: CopySource,
+    dest: ObjectRef<'_>,
+    headers: &HeaderMap,
+    query: &BTreeMap<String, String>,
+    authorize_dest: bool,
+) -> Handled {
+    let c = content_of(
+        gw,
+        &src.account,
+        &src.container,
+        &src.object,
+        headers,
+        query,
+    )
+    .await?;
+    if authorize_dest {
+        authorize(
+            gw,
+            headers,
+            dest.account,
+            Some(dest.container),
+            Need::WriteObject,
+        )
+        .await?;
+    }
+    let (start, end) = match hget(headers, "range").map(|r| response::parse_ranges(r, c.size)) {
+        Some(response::RangeOutcome::Ranges(r)) if r.len() == 1 => r[0],
+        Some(response::RangeOutcome::Unsatisfiable) => {
+            return Err(response::text(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "Requested range not satisfiable",
+            ))
+        }
+        _ => (0, c.size),
+    };
+    check_if_none_match(gw, dest, headers).await?;
+    let fresh = truthy(hget(headers, "x-fresh-metadata"));
+    let mut meta = if fresh {
+        BTreeMap::new()
+    } else {
+        c.info.meta.clone()
+    };
+    meta.extend(meta_from_headers(headers, "x-object-meta-")?);
+    meta.retain(|_, v| !v.is_empty());
+    check_meta_totals(&meta)?;
+    let (req_kept, _) = kept_headers(headers, false)?;
+    let mut kept: BTreeMap<String, String> = if fresh {
+        BTreeMap::new()
+    } else {
+        c.info.headers.clone()
+    };
+    kept.remove("x-delete-at");
+    if c.segments.is_some() {
+        // The assembled content is copied, not the manifest.
+        kept.remove("x-object-manifest");
+    }
+    kept.extend(req_kept);
+    let content_type = hget(headers, "content-type")
+        .map(str::to_string)
+        .unwrap_or_else(|| c.info.content_type.clone());
+    let opts = PutOptions {
+        content_type: Some(content_type),
+        meta,
+        headers: kept,
+        expected_etag: None,
+    };
+    let body = read_content(
+        gw,
+        &src.account,
+        &src.container,
+        &src.object,
+        &c,
+        start,
+        end,
+    )
+    .map(|r| r.map_err(|e| e.to_string()));
+    let info = gw
+        .objects
+        .put_object(dest.account, dest.container, dest.object, body, opts)
+        .await
+        .map_err(object_error)?;
+    let mut h = HeaderMap::new();
+    let from = format!(
+        "{}/{}",
+        percent_encoding::utf8_percent_encode(&src.container, PATH_SEGMENT),
+        percent_encoding::utf8_percent_encode(&src.object, PATH_SEGMENT)
+    );
+    response::put_str(&mut h, "x-copied-from", &from);
+    response::put_str(&mut h, "x-copied-from-account", &src.account);
+    response::put_str(
+        &mut h,
+        "x-copied-from-last-modified",
+        &response::http_date(c.info.timestamp),
+    );
+    Ok(created(&info, h))
+}
+
+/// Characters escaped in a path segment echoed back (X-Copied-From).
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+fn object_headers(c: &Content) -> HeaderMap {
+    let info = &c.info;
+    let mut h = HeaderMap::new();
+    response::put_str(&mut h, "etag", &c.etag);
+    response::put_str(
+        &mut h,
+        "last-modified",
+        &response::http_date(info.timestamp),
+    );
     response::put_str(&mut h, "x-timestamp", &info.timestamp.to_swift());
     response::put_str(&mut h, "accept-ranges", "bytes");
-    if let Ok(v) = HeaderValue::from_str(&info.content_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
+    response::put_str(&mut h, "content-type", &info.content_type);
     for (k, v) in &info.headers {
         response::put_str(&mut h, k, v);
     }
@@ -462,47 +1398,169 @@ fn object_headers(info: &ObjectInfo) -> HeaderMap {
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {
-    list.split(',').map(|t| t.trim().trim_matches('"')).any(|t| t == "*" || t == etag)
+    let etag = etag.trim_matches('"');
+    list.split(',')
+        .map(|t| t.trim().trim_matches('"'))
+        .any(|t| t == "*" || t == etag)
 }
 
-async fn get_object(gw: &SwiftGateway, method: &Method, o: ObjectRef<'_>, headers: &HeaderMap) -> Handled {
-    let info = gw.objects.head_object(o.account, o.container, o.object).await.map_err(object_error)?;
-    let mut h = object_headers(&info);
-    if let Some(im) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
-        if !etag_matches(im, &info.etag) {
+fn http_time(v: &str) -> Option<u64> {
+    httpdate::parse_http_date(v.trim())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+}
+
+async fn get_object(
+    gw: &SwiftGateway,
+    method: &Method,
+    o: ObjectRef<'_>,
+    headers: &HeaderMap,
+    query: &BTreeMap<String, String>,
+) -> Handled {
+    let c = content_of(gw, o.account, o.container, o.object, headers, query).await?;
+    let mut h = object_headers(&c);
+    let modified = c.info.timestamp.as_micros().div_ceil(1_000_000);
+    if let Some(im) = hget(headers, "if-match") {
+        if !etag_matches(im, &c.etag) {
             return Ok(response::empty(StatusCode::PRECONDITION_FAILED, h));
         }
     }
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        if etag_matches(inm, &info.etag) {
+    if let Some(inm) = hget(headers, "if-none-match") {
+        if etag_matches(inm, &c.etag) {
+            return Ok(response::empty(StatusCode::NOT_MODIFIED, h));
+        }
+    } else if let Some(since) = hget(headers, "if-modified-since").and_then(http_time) {
+        if modified <= since {
             return Ok(response::empty(StatusCode::NOT_MODIFIED, h));
         }
     }
-    let size = info.size;
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (status, start, end) = match range.map(|r| response::parse_single_range(r, size)) {
-        None | Some(response::RangeOutcome::Ignore) => (StatusCode::OK, 0, size),
+    if let Some(since) = hget(headers, "if-unmodified-since").and_then(http_time) {
+        if modified > since {
+            return Ok(response::empty(StatusCode::PRECONDITION_FAILED, h));
+        }
+    }
+    let size = c.size;
+    let ranges = match hget(headers, "range").map(|r| response::parse_ranges(r, size)) {
+        None | Some(response::RangeOutcome::Ignore) => None,
         Some(response::RangeOutcome::Unsatisfiable) => {
             response::put_str(&mut h, "content-range", &format!("bytes */{size}"));
-            return Ok(response::text_with(StatusCode::RANGE_NOT_SATISFIABLE, "Requested range not satisfiable", h));
+            h.remove(header::CONTENT_TYPE);
+            return Ok(response::text_with(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "Requested range not satisfiable",
+                h,
+            ));
         }
-        Some(response::RangeOutcome::Range(s, e)) => {
-            response::put_str(&mut h, "content-range", &format!("bytes {s}-{}/{size}", e - 1));
-            (StatusCode::PARTIAL_CONTENT, s, e)
-        }
+        // A DLO serves one range at most; more and it serves the whole (as Swift).
+        Some(response::RangeOutcome::Ranges(r)) if r.len() > 1 && c.segments.is_some() => None,
+        Some(response::RangeOutcome::Ranges(r)) => Some(r),
     };
-    response::put_num(&mut h, "content-length", end - start);
-    if *method == Method::HEAD {
-        return Ok(response::with_body(status, h, Body::empty()));
+    let to_io = |r: Result<bytes::Bytes, ObjectError>| {
+        r.map_err(|e| {
+            tracing::error!(error = %e, "object read failed mid-stream");
+            std::io::Error::other(e.to_string())
+        })
+    };
+    match ranges {
+        None => {
+            response::put_num(&mut h, "content-length", size);
+            if *method == Method::HEAD {
+                return Ok(response::with_body(StatusCode::OK, h, Body::empty()));
+            }
+            let stream = read_content(gw, o.account, o.container, o.object, &c, 0, size).map(to_io);
+            Ok(response::with_body(
+                StatusCode::OK,
+                h,
+                Body::from_stream(stream),
+            ))
+        }
+        Some(r) if r.len() == 1 => {
+            let (s, e) = r[0];
+            response::put_str(
+                &mut h,
+                "content-range",
+                &format!("bytes {s}-{}/{size}", e - 1),
+            );
+            response::put_num(&mut h, "content-length", e - s);
+            if *method == Method::HEAD {
+                return Ok(response::with_body(
+                    StatusCode::PARTIAL_CONTENT,
+                    h,
+                    Body::empty(),
+                ));
+            }
+            let stream = read_content(gw, o.account, o.container, o.object, &c, s, e).map(to_io);
+            Ok(response::with_body(
+                StatusCode::PARTIAL_CONTENT,
+                h,
+                Body::from_stream(stream),
+            ))
+        }
+        Some(r) => {
+            let boundary = format!("{:032x}", rand_u128());
+            let ct = c.info.content_type.clone();
+            let mut pieces: Vec<ByteStream> = Vec::new();
+            let mut total = 0u64;
+            for (i, (s, e)) in r.iter().enumerate() {
+                let head = format!(
+                    "{}--{boundary}\r\nContent-Type: {ct}\r\nContent-Range: bytes {s}-{}/{size}\r\n\r\n",
+                    if i == 0 { "" } else { "\r\n" },
+                    e - 1
+                );
+                total += head.len() as u64 + (e - s);
+                pieces.push(Box::pin(futures::stream::once(async move {
+                    Ok(bytes::Bytes::from(head))
+                })));
+                pieces.push(read_content(
+                    gw,
+                    o.account,
+                    o.container,
+                    o.object,
+                    &c,
+                    *s,
+                    *e,
+                ));
+            }
+            let tail = format!("\r\n--{boundary}--");
+            total += tail.len() as u64;
+            pieces.push(Box::pin(futures::stream::once(async move {
+                Ok(bytes::Bytes::from(tail))
+            })));
+            response::put_str(
+                &mut h,
+                "content-type",
+                &format!("multipart/byteranges;boundary={boundary}"),
+            );
+            response::put_num(&mut h, "content-length", total);
+            if *method == Method::HEAD {
+                return Ok(response::with_body(
+                    StatusCode::PARTIAL_CONTENT,
+                    h,
+                    Body::empty(),
+                ));
+            }
+            let stream = futures::stream::iter(pieces).flatten().map(to_io);
+            Ok(response::with_body(
+                StatusCode::PARTIAL_CONTENT,
+                h,
+                Body::from_stream(stream),
+            ))
+        }
     }
-    let stream = gw
-        .objects
-        .read_range(o.account, o.container, o.object, &info, start, end)
-        .map(|r| {
-            r.map_err(|e| {
-                tracing::error!(error = %e, "object read failed mid-stream");
-                std::io::Error::other(e.to_string())
-            })
-        });
-    Ok(response::with_body(status, h, Body::from_stream(stream)))
+}
+
+/// A random-enough multipart boundary.
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut a = std::collections::hash_map::RandomState::new().build_hasher();
+    a.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let mut b = std::collections::hash_map::RandomState::new().build_hasher();
+    b.write_u64(a.finish());
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }

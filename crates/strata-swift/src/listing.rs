@@ -25,7 +25,10 @@ pub fn format_of(headers: &HeaderMap, query: &BTreeMap<String, String>) -> Forma
             _ => Format::Plain,
         };
     }
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if accept.contains("application/json") {
         Format::Json
     } else if accept.contains("application/xml") || accept.contains("text/xml") {
@@ -49,6 +52,8 @@ pub struct ContainerRow {
     pub count: u64,
     pub bytes: u64,
     pub created: Timestamp,
+    /// A rolled-up prefix (delimiter listing), not a container.
+    pub subdir: bool,
 }
 
 fn xml_escape(s: &str) -> String {
@@ -66,58 +71,138 @@ fn xml_escape(s: &str) -> String {
     out
 }
 
-/// The smallest name greater than every name that starts with `p`.
-fn after_prefix(p: &str) -> String {
-    let mut s = p.to_string();
-    s.push(char::MAX);
-    s
+/// What a listing request asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    pub prefix: String,
+    pub delimiter: Option<String>,
+    pub marker: Option<String>,
+    pub end_marker: Option<String>,
+    pub reverse: bool,
+    /// `path=`: only the names directly under this path (prefix `path/`, delimiter `/`).
+    pub path: Option<String>,
+    pub limit: usize,
 }
 
-/// Object rows honouring prefix, delimiter, marker, end_marker and limit.
-pub async fn list_with_delimiter(
-    objects: &ObjectService,
-    account: &str,
-    container: &str,
-    query: &BTreeMap<String, String>,
-    limit: usize,
-) -> strata_object::Result<Vec<ObjectRow>> {
-    let prefix = query.get("prefix").map(String::as_str).unwrap_or("");
-    let delimiter = query.get("delimiter").filter(|d| !d.is_empty()).cloned();
-    let end_marker = query.get("end_marker").filter(|m| !m.is_empty()).cloned();
-    let mut marker = query.get("marker").filter(|m| !m.is_empty()).cloned();
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let want = limit - out.len();
-        let rows = objects
-            .list_objects(account, container, prefix, marker.as_deref(), end_marker.as_deref(), want)
-            .await?;
-        if rows.is_empty() {
+fn truthy(v: &str) -> bool {
+    matches!(
+        v.to_ascii_lowercase().as_str(),
+        "true" | "1" | "yes" | "on" | "t" | "y"
+    )
+}
+
+impl ListParams {
+    pub fn from_query(query: &BTreeMap<String, String>, limit: usize) -> Self {
+        let nonempty = |k: &str| query.get(k).filter(|v| !v.is_empty()).cloned();
+        let mut p = ListParams {
+            prefix: query.get("prefix").cloned().unwrap_or_default(),
+            delimiter: nonempty("delimiter"),
+            marker: nonempty("marker"),
+            end_marker: nonempty("end_marker"),
+            reverse: query.get("reverse").is_some_and(|v| truthy(v)),
+            path: None,
+            limit,
+        };
+        if let Some(path) = query.get("path") {
+            p.prefix = if path.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", path.trim_end_matches('/'))
+            };
+            p.delimiter = Some("/".into());
+            p.path = Some(p.prefix.clone());
+        }
+        p
+    }
+}
+
+/// A listing row: an item or a rolled-up subdirectory.
+#[derive(Debug, Clone)]
+pub enum Row<T> {
+    Item(String, T),
+    Subdir(String),
+}
+
+/// Applies marker, end_marker, reverse, delimiter (or path) and limit to `rows`, which are
+/// every name starting with the prefix, in ascending order.
+pub fn select<T>(rows: Vec<(String, T)>, p: &ListParams) -> Vec<Row<T>> {
+    let in_range = |name: &str| {
+        if p.reverse {
+            p.marker.as_deref().is_none_or(|m| name < m)
+                && p.end_marker.as_deref().is_none_or(|e| name > e)
+        } else {
+            p.marker.as_deref().is_none_or(|m| name > m)
+                && p.end_marker.as_deref().is_none_or(|e| name < e)
+        }
+    };
+    let mut rows: Vec<(String, T)> = rows
+        .into_iter()
+        .filter(|(n, _)| n.starts_with(&p.prefix) && in_range(n))
+        .collect();
+    if p.reverse {
+        rows.reverse();
+    }
+    let mut out: Vec<Row<T>> = Vec::new();
+    let mut last_sub: Option<String> = None;
+    for (name, item) in rows {
+        if out.len() >= p.limit {
             break;
         }
-        let fetched = rows.len();
-        let mut rolled_up = false;
-        for (name, entry) in rows {
-            let rest = &name[prefix.len()..];
-            match delimiter.as_deref().and_then(|d| rest.find(d).map(|i| i + d.len())) {
-                Some(cut) => {
-                    let sub = format!("{prefix}{}", &rest[..cut]);
-                    // Skip the rest of this subdirectory in the next page.
-                    marker = Some(after_prefix(&sub));
-                    out.push(ObjectRow::Subdir(sub));
-                    rolled_up = true;
-                    break;
-                }
-                None => {
-                    marker = Some(name.clone());
-                    out.push(ObjectRow::Object(name, entry));
+        if let Some(d) = p.delimiter.as_deref() {
+            let rest = &name[p.prefix.len()..];
+            if let Some(i) = rest.find(d) {
+                let cut = i + d.len();
+                if p.path.is_some() {
+                    // Only names directly under the path; a trailing delimiter is a
+                    // directory marker object and stays.
+                    if cut < rest.len() {
+                        continue;
+                    }
+                } else {
+                    let sub = format!("{}{}", p.prefix, &rest[..cut]);
+                    if last_sub.as_deref() != Some(sub.as_str()) {
+                        last_sub = Some(sub.clone());
+                        // A subdir equal to the marker was already given on an earlier page.
+                        if p.marker.as_deref() != Some(sub.as_str()) {
+                            out.push(Row::Subdir(sub));
+                        }
+                    }
+                    continue;
                 }
             }
         }
-        if !rolled_up && fetched < want {
-            break;
+        if p.path.as_deref() == Some(name.as_str()) {
+            continue;
         }
+        out.push(Row::Item(name, item));
     }
-    Ok(out)
+    out
+}
+
+/// Object rows of a container for `p`.
+pub async fn list_objects(
+    objects: &ObjectService,
+    account: &str,
+    container: &str,
+    p: &ListParams,
+) -> strata_object::Result<Vec<ObjectRow>> {
+    // Forward pages without roll-up are bounded by the store; the rest is selected here.
+    let simple = !p.reverse && p.delimiter.is_none();
+    let (marker, end_marker, limit) = if simple {
+        (p.marker.as_deref(), p.end_marker.as_deref(), p.limit)
+    } else {
+        (None, None, usize::MAX)
+    };
+    let rows = objects
+        .list_objects(account, container, &p.prefix, marker, end_marker, limit)
+        .await?;
+    Ok(select(rows, p)
+        .into_iter()
+        .map(|r| match r {
+            Row::Item(n, e) => ObjectRow::Object(n, e),
+            Row::Subdir(s) => ObjectRow::Subdir(s),
+        })
+        .collect())
 }
 
 fn finish(format: Format, mut h: HeaderMap, body: String, empty: bool) -> Response {
@@ -129,7 +214,11 @@ fn finish(format: Format, mut h: HeaderMap, body: String, empty: bool) -> Respon
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     put_num(&mut h, "content-length", body.len() as u64);
     // Swift answers an empty plain listing with 204.
-    let status = if empty && format == Format::Plain { StatusCode::NO_CONTENT } else { StatusCode::OK };
+    let status = if empty && format == Format::Plain {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::OK
+    };
     with_body(status, h, Body::from(body))
 }
 
@@ -199,9 +288,12 @@ pub fn containers(
             let items: Vec<serde_json::Value> = rows
                 .iter()
                 .map(|r| {
+                    if r.subdir {
+                        return serde_json::json!({ "subdir": r.name });
+                    }
                     serde_json::json!({
                         "name": r.name, "count": r.count, "bytes": r.bytes,
-                        "last_modified": iso_date(r.created),
+                        "last_modified": iso_date(r.created), "storage_policy": "Policy-0",
                     })
                 })
                 .collect();
@@ -213,8 +305,15 @@ pub fn containers(
                 xml_escape(account)
             );
             for r in rows {
+                if r.subdir {
+                    s.push_str(&format!(
+                        "<subdir name=\"{0}\"><name>{0}</name></subdir>",
+                        xml_escape(&r.name)
+                    ));
+                    continue;
+                }
                 s.push_str(&format!(
-                    "<container><name>{}</name><count>{}</count><bytes>{}</bytes><last_modified>{}</last_modified></container>",
+                    "<container><name>{}</name><count>{}</count><bytes>{}</bytes><last_modified>{}</last_modified><storage_policy>Policy-0</storage_policy></container>",
                     xml_escape(&r.name), r.count, r.bytes, iso_date(r.created)
                 ));
             }
@@ -237,11 +336,67 @@ mod tests {
         assert_eq!(format_of(&h, &q), Format::Json);
         q.insert("format".to_string(), "xml".to_string());
         assert_eq!(format_of(&h, &q), Format::Xml);
-        assert_eq!(format_of(&HeaderMap::new(), &BTreeMap::new()), Format::Plain);
+        assert_eq!(
+            format_of(&HeaderMap::new(), &BTreeMap::new()),
+            Format::Plain
+        );
     }
 
     #[test]
     fn xml_names_are_escaped() {
         assert_eq!(xml_escape("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&apos;");
+    }
+}
+
+#[cfg(test)]
+mod select_tests {
+    use super::*;
+
+    fn names(rows: &[&str]) -> Vec<(String, ())> {
+        rows.iter().map(|n| (n.to_string(), ())).collect()
+    }
+
+    fn shown(rows: Vec<Row<()>>) -> Vec<String> {
+        rows.into_iter()
+            .map(|r| match r {
+                Row::Item(n, ()) => n,
+                Row::Subdir(s) => format!("{s}*"),
+            })
+            .collect()
+    }
+
+    fn params(pairs: &[(&str, &str)]) -> ListParams {
+        let q: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ListParams::from_query(&q, 100)
+    }
+
+    #[test]
+    fn reverse_swaps_marker_roles() {
+        let rows = names(&["a", "b", "c", "d"]);
+        let p = params(&[("reverse", "on"), ("marker", "d"), ("end_marker", "a")]);
+        assert_eq!(shown(select(rows, &p)), vec!["c", "b"]);
+    }
+
+    #[test]
+    fn delimiter_rolls_up_once_per_prefix() {
+        let rows = names(&["test", "test-bar", "test-foo", "tesu"]);
+        let p = params(&[("delimiter", "-")]);
+        assert_eq!(shown(select(rows, &p)), vec!["test", "test-*", "tesu"]);
+    }
+
+    #[test]
+    fn path_lists_only_direct_children() {
+        let rows = names(&["/a", "d/", "d/f", "d/s/", "d/s/g", "f"]);
+        assert_eq!(
+            shown(select(rows.clone(), &params(&[("path", "d")]))),
+            vec!["d/f", "d/s/"]
+        );
+        assert_eq!(
+            shown(select(rows, &params(&[("path", "")]))),
+            vec!["d/", "f"]
+        );
     }
 }

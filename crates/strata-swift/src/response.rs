@@ -15,6 +15,7 @@ pub enum Fault {
     NotFound,
     MethodNotAllowed,
     Conflict,
+    PreconditionFailed,
     LengthRequired,
     TooLarge,
     UnprocessableEntity,
@@ -40,6 +41,11 @@ pub fn fault(f: Fault) -> Response {
             StatusCode::CONFLICT,
             "Conflict",
             "There was a conflict when trying to complete your request.",
+        ),
+        Fault::PreconditionFailed => (
+            StatusCode::PRECONDITION_FAILED,
+            "Precondition Failed",
+            "A precondition for this request was not met.",
         ),
         Fault::LengthRequired => (
             StatusCode::LENGTH_REQUIRED,
@@ -69,7 +75,10 @@ pub fn fault(f: Fault) -> Response {
     };
     let body = format!("<html><h1>{title}</h1><p>{text}</p></html>");
     let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=UTF-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=UTF-8"),
+    );
     with_body(status, h, Body::from(body))
 }
 
@@ -78,7 +87,10 @@ pub fn text(status: StatusCode, msg: &str) -> Response {
 }
 
 pub fn text_with(status: StatusCode, msg: &str, mut h: HeaderMap) -> Response {
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
     with_body(status, h, Body::from(msg.to_string()))
 }
 
@@ -88,7 +100,10 @@ pub fn empty(status: StatusCode, mut h: HeaderMap) -> Response {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     }
     if !h.contains_key(header::CONTENT_TYPE) {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=UTF-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=UTF-8"),
+        );
     }
     with_body(status, h, Body::empty())
 }
@@ -105,7 +120,10 @@ pub fn with_body(status: StatusCode, h: HeaderMap, body: Body) -> Response {
 }
 
 pub fn put_str(h: &mut HeaderMap, name: &str, value: &str) {
-    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+    if let (Ok(n), Ok(v)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
         h.insert(n, v);
     }
 }
@@ -116,8 +134,47 @@ pub fn put_num(h: &mut HeaderMap, name: &str, value: u64) {
 
 pub fn put_meta(h: &mut HeaderMap, prefix: &str, meta: &BTreeMap<String, String>) {
     for (k, v) in meta {
-        put_str(h, &format!("{prefix}{k}"), v);
+        let name = HeaderName::from_bytes(format!("{prefix}{k}").as_bytes());
+        if let (Ok(n), Ok(v)) = (name, HeaderValue::from_bytes(&meta_value_bytes(v))) {
+            h.insert(n, v);
+        }
     }
+}
+
+/// Marks a stored metadata value that holds raw (non-UTF-8) bytes as hex. A header value
+/// never holds NUL, so the marker cannot clash with a real value.
+const RAW_META_MARK: char = '\0';
+
+/// How a metadata value given as header bytes is stored: as is when UTF-8, else marked hex
+/// (Swift keeps whatever bytes the client sent).
+pub fn meta_value_from_bytes(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_string(),
+        Err(_) => {
+            let mut out = String::with_capacity(1 + 2 * b.len());
+            out.push(RAW_META_MARK);
+            for x in b {
+                out.push_str(&format!("{x:02x}"));
+            }
+            out
+        }
+    }
+}
+
+/// The header bytes of a stored metadata value.
+pub fn meta_value_bytes(v: &str) -> Vec<u8> {
+    let Some(hex) = v.strip_prefix(RAW_META_MARK) else {
+        return v.as_bytes().to_vec();
+    };
+    let digits = hex.as_bytes();
+    digits
+        .chunks(2)
+        .filter_map(|p| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .collect()
 }
 
 /// RFC 7231 date of a timestamp, rounded up to the second as Swift does.
@@ -148,44 +205,62 @@ pub fn iso_date(ts: Timestamp) -> String {
 /// What a `Range` header asks of an object of `size` bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RangeOutcome {
-    /// Malformed or multi-range: serve the whole object (as Swift does for junk).
+    /// Malformed: serve the whole object (as Swift does for junk).
     Ignore,
     Unsatisfiable,
-    /// Bytes `[start, end)`.
-    Range(u64, u64),
+    /// The satisfiable ranges, bytes `[start, end)` each, in the order asked.
+    Ranges(Vec<(u64, u64)>),
 }
 
-pub fn parse_single_range(header: &str, size: u64) -> RangeOutcome {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else { return RangeOutcome::Ignore };
-    if spec.contains(',') {
+/// Most ranges one request may ask for; more and the header is ignored (as Swift).
+const RANGES_MAX: usize = 50;
+
+/// RFC 7233 byte ranges, whitespace allowed around every part.
+pub fn parse_ranges(header: &str, size: u64) -> RangeOutcome {
+    let compact: String = header.chars().filter(|c| !c.is_whitespace()).collect();
+    let lower = compact.to_ascii_lowercase();
+    let Some(spec) = lower.strip_prefix("bytes=") else {
+        return RangeOutcome::Ignore;
+    };
+    let specs: Vec<&str> = spec.split(',').collect();
+    if specs.is_empty() || specs.len() > RANGES_MAX {
         return RangeOutcome::Ignore;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else { return RangeOutcome::Ignore };
-    let (a, b) = (a.trim(), b.trim());
-    match (a.is_empty(), b.is_empty()) {
-        (true, true) => RangeOutcome::Ignore,
-        (true, false) => match b.parse::<u64>() {
-            Ok(0) => RangeOutcome::Unsatisfiable,
-            Ok(_) if size == 0 => RangeOutcome::Unsatisfiable,
-            Ok(n) => RangeOutcome::Range(size.saturating_sub(n), size),
-            Err(_) => RangeOutcome::Ignore,
-        },
-        (false, _) => {
-            let Ok(start) = a.parse::<u64>() else { return RangeOutcome::Ignore };
-            let end = if b.is_empty() {
-                size
-            } else {
-                match b.parse::<u64>() {
-                    Ok(e) if e >= start => (e + 1).min(size),
-                    _ => return RangeOutcome::Ignore,
+    let mut out = Vec::new();
+    for one in specs {
+        let Some((a, b)) = one.split_once('-') else {
+            return RangeOutcome::Ignore;
+        };
+        match (a.is_empty(), b.is_empty()) {
+            (true, true) => return RangeOutcome::Ignore,
+            (true, false) => match b.parse::<u64>() {
+                Ok(0) => {}
+                Ok(_) if size == 0 => {}
+                Ok(n) => out.push((size.saturating_sub(n), size)),
+                Err(_) => return RangeOutcome::Ignore,
+            },
+            (false, _) => {
+                let Ok(start) = a.parse::<u64>() else {
+                    return RangeOutcome::Ignore;
+                };
+                let end = if b.is_empty() {
+                    size
+                } else {
+                    match b.parse::<u64>() {
+                        Ok(e) if e >= start => e.saturating_add(1).min(size),
+                        _ => return RangeOutcome::Ignore,
+                    }
+                };
+                if start < size {
+                    out.push((start, end));
                 }
-            };
-            if start >= size {
-                RangeOutcome::Unsatisfiable
-            } else {
-                RangeOutcome::Range(start, end)
             }
         }
+    }
+    if out.is_empty() {
+        RangeOutcome::Unsatisfiable
+    } else {
+        RangeOutcome::Ranges(out)
     }
 }
 
@@ -215,9 +290,16 @@ pub fn info(method: &Method) -> Response {
     });
     let body = doc.to_string();
     let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     put_num(&mut h, "content-length", body.len() as u64);
-    let body = if *method == Method::HEAD { Body::empty() } else { Body::from(body) };
+    let body = if *method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(body)
+    };
     with_body(StatusCode::OK, h, body)
 }
 
@@ -226,17 +308,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn single_ranges_follow_rfc_7233() {
+    fn ranges_follow_rfc_7233() {
         use RangeOutcome::*;
-        assert_eq!(parse_single_range("bytes=0-9", 100), Range(0, 10));
-        assert_eq!(parse_single_range("bytes=90-", 100), Range(90, 100));
-        assert_eq!(parse_single_range("bytes=-10", 100), Range(90, 100));
-        assert_eq!(parse_single_range("bytes=-200", 100), Range(0, 100));
-        assert_eq!(parse_single_range("bytes=50-500", 100), Range(50, 100));
-        assert_eq!(parse_single_range("bytes=100-", 100), Unsatisfiable);
-        assert_eq!(parse_single_range("bytes=-0", 100), Unsatisfiable);
-        assert_eq!(parse_single_range("bytes=9-1", 100), Ignore);
-        assert_eq!(parse_single_range("items=0-1", 100), Ignore);
+        let one = |s, e| Ranges(vec![(s, e)]);
+        assert_eq!(parse_ranges("bytes=0-9", 100), one(0, 10));
+        assert_eq!(parse_ranges("bytes=90-", 100), one(90, 100));
+        assert_eq!(parse_ranges("bytes=-10", 100), one(90, 100));
+        assert_eq!(parse_ranges("bytes=-200", 100), one(0, 100));
+        assert_eq!(parse_ranges("bytes=50-500", 100), one(50, 100));
+        assert_eq!(parse_ranges("bytes = 0 - 2", 100), one(0, 3));
+        assert_eq!(parse_ranges("BYTES=0-2 ", 100), one(0, 3));
+        assert_eq!(
+            parse_ranges("bytes=0-1,5-6,200-", 100),
+            Ranges(vec![(0, 2), (5, 7)])
+        );
+        assert_eq!(parse_ranges("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_ranges("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_ranges("bytes=9-1", 100), Ignore);
+        assert_eq!(parse_ranges("bytes=0-1,x", 100), Ignore);
+        assert_eq!(parse_ranges("items=0-1", 100), Ignore);
+    }
+
+    #[test]
+    fn raw_metadata_bytes_round_trip() {
+        for b in [
+            &b"plain"[..],
+            "uni\u{e12}".as_bytes(),
+            &[0xe2, 0x98, b'x', 0xff][..],
+        ] {
+            assert_eq!(meta_value_bytes(&meta_value_from_bytes(b)), b);
+        }
+        assert_eq!(meta_value_from_bytes(b"plain"), "plain");
     }
 
     #[test]

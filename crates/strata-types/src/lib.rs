@@ -82,7 +82,10 @@ impl fmt::Debug for Timestamp {
 }
 
 fn wall_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Hybrid logical clock: wall time in microseconds, bumped past anything seen
@@ -103,7 +106,9 @@ impl Hlc {
         let mut prev = self.last.load(Ordering::Relaxed);
         loop {
             let next = wall.max(prev + 1);
-            match self.last.compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed)
+            match self
+                .last
+                .compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) => return Timestamp(next),
                 Err(p) => prev = p,
@@ -142,7 +147,10 @@ mod tests {
 
     #[test]
     fn swift_timestamp_has_five_decimals() {
-        assert_eq!(Timestamp(1_700_000_000_123_456).to_swift(), "1700000000.12345");
+        assert_eq!(
+            Timestamp(1_700_000_000_123_456).to_swift(),
+            "1700000000.12345"
+        );
     }
 
     #[test]
