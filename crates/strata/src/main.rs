@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run a node. Without --config: a one-node cluster with data in ./strata-data.
     Serve(ServeArgs),
+    /// Benchmarks: Strata beside OpenStack Swift and the raw disk, or one workload.
+    Bench(Box<strata_bench::BenchArgs>),
     /// Inspect a running cluster.
     Admin {
         #[command(subcommand)]
@@ -95,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Serve(args) => rt.block_on(node::serve(args)),
+        Command::Bench(args) => strata_bench::run(*args),
         Command::Admin {
             command: AdminCommand::Status { rpc, config, json },
         } => {

@@ -1,0 +1,534 @@
+//! `strata bench`: an object load generator for any Swift endpoint, and the standard
+//! comparison of Strata with OpenStack Swift and the raw disk, in one command.
+
+pub mod client;
+pub mod fio;
+pub mod hist;
+pub mod load;
+pub mod memserver;
+pub mod peers;
+pub mod procstat;
+pub mod report;
+
+use anyhow::{bail, Context, Result};
+use load::{Op, RunResult, Workload};
+use report::{size_label, Report, KIB, MIB};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `strata bench`: without a subcommand, the standard comparison.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub suite: SuiteArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Drive one workload against any Swift endpoint.
+    Load(LoadArgs),
+}
+
+/// The standard comparison: Strata, Swift and the raw disk.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SuiteArgs {
+    /// Fewer, shorter runs (about 2.5 minutes).
+    #[arg(long)]
+    pub quick: bool,
+    /// Results go to <OUT>/<timestamp>/.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// Scratch directory for the servers' data and fio's file; what is compared shares
+    /// its filesystem. Its data is removed at the end.
+    #[arg(long, default_value = "/tmp/strata-bench")]
+    pub work_dir: PathBuf,
+    /// The strata binary to measure (default: this one).
+    #[arg(long)]
+    pub strata_bin: Option<PathBuf>,
+    #[arg(long)]
+    pub skip_strata: bool,
+    #[arg(long)]
+    pub skip_swift: bool,
+    #[arg(long)]
+    pub skip_fio: bool,
+}
+
+/// One workload against a given endpoint.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// TempAuth URL, e.g. http://127.0.0.1:18081/auth/v1.0 (with --user and --key).
+    #[arg(long, conflicts_with_all = ["storage_url", "token"])]
+    pub auth_url: Option<String>,
+    #[arg(long, default_value = "admin:admin")]
+    pub user: String,
+    #[arg(
+        long,
+        env = "STRATA_BENCH_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub key: String,
+    /// A storage URL (http://host:port/v1/AUTH_x), with --token.
+    #[arg(long, requires = "token")]
+    pub storage_url: Option<String>,
+    #[arg(long, env = "STRATA_BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, value_enum, default_value = "put")]
+    pub op: Op,
+    /// Object size: bytes, or with a k/m/g suffix (binary units).
+    #[arg(long, default_value = "4k", value_parser = parse_size)]
+    pub size: u64,
+    #[arg(short, long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many operations.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub ops: u64,
+    #[arg(long, default_value = "strata-bench")]
+    pub container: String,
+    /// Objects that GET/HEAD/DELETE use, written first.
+    #[arg(long, default_value_t = 256)]
+    pub prefill: u64,
+    /// Server processes whose CPU (with their descendants) is charged per operation.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `4096`, `4k`, `1m`, `64MiB`, `1g`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches("ib").trim_end_matches('b');
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], KIB),
+        Some('m') => (&t[..t.len() - 1], MIB),
+        Some('g') => (&t[..t.len() - 1], 1024 * MIB),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("not a size: {s}"))?;
+    n.checked_mul(mult)
+        .filter(|v| *v <= 1024 * MIB)
+        .ok_or_else(|| format!("size too large: {s}"))
+}
+
+/// Entry point of `strata bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let work = async {
+            match args.command {
+                Some(BenchCommand::Load(l)) => run_load(l).await,
+                None => run_suite(args.suite).await.map(|_| ()),
+            }
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // On a signal the work future is dropped, and with it every started server.
+        tokio::select! {
+            r = work => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            _ = term.recv() => bail!("terminated"),
+        }
+    })
+}
+
+async fn run_load(a: LoadArgs) -> Result<()> {
+    let ep = match (&a.auth_url, &a.storage_url, &a.token) {
+        (Some(auth), _, _) => client::tempauth(auth, &a.user, &a.key).await?,
+        (None, Some(url), Some(token)) => client::Endpoint {
+            storage: client::HttpUrl::parse(url)?,
+            token: token.clone(),
+        },
+        _ => bail!("give --auth-url (with --user, --key) or --storage-url with --token"),
+    };
+    client::ensure_container(&ep, &a.container).await?;
+    let prefix = format!("load-{:08x}", rand::random::<u32>());
+    let names = if matches!(a.op, Op::Get | Op::Head | Op::Delete) {
+        load::prefill(
+            &ep,
+            &a.container,
+            &format!("{prefix}-pre"),
+            a.size,
+            a.prefill.max(1),
+            16,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    let w = Workload {
+        op: a.op,
+        size: a.size,
+        concurrency: a.concurrency as usize,
+        duration: Duration::from_secs_f64(a.duration.clamp(0.1, 86_400.0)),
+        max_ops: a.ops,
+        container: a.container.clone(),
+        prefix,
+        names: Arc::new(names),
+    };
+    let (r, _) = load::run("endpoint", &ep, &w, &a.server_pids).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_run(&r);
+    }
+    Ok(())
+}
+
+fn print_run(r: &RunResult) {
+    let f = report::fmt_num;
+    println!(
+        "{:<8} {:<6} {:>7} c{:<3} {:>9} ops/s {:>8} MiB/s  p50 {:>7} p99 {:>7} p99.9 {:>7} ms  errors {}  server CPU {} ms/op  client CPU {} ms/op  load {}",
+        r.target,
+        r.op.name(),
+        size_label(r.size),
+        r.concurrency,
+        f(r.ops_per_s),
+        f(r.mib_per_s),
+        f(r.lat_p50_ms),
+        f(r.lat_p99_ms),
+        f(r.lat_p999_ms),
+        r.errors,
+        r.server_cpu_ms_per_op.map_or("-".into(), f),
+        f(r.client_cpu_ms_per_op),
+        f(r.load_1m),
+    );
+    for (k, v) in &r.error_kinds {
+        println!("         error x{v}: {k}");
+    }
+}
+
+/// One step of the standard plan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    pub op: Op,
+    pub size: u64,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub max_ops: u64,
+}
+
+/// The standard comparison, run against each server in this order. Every read follows
+/// the write of its size, and reads the objects written so far.
+pub fn plan(quick: bool) -> Vec<Step> {
+    let (small, mid, big) = if quick {
+        (4.0, 3.0, 4.0)
+    } else {
+        (15.0, 10.0, 10.0)
+    };
+    let big_conc: &[usize] = if quick { &[1, 4] } else { &[1, 2, 3, 4] };
+    let mut v = Vec::new();
+    let mut pair = |size, conc, seconds, max_ops| {
+        for op in [Op::Put, Op::Get] {
+            v.push(Step {
+                op,
+                size,
+                concurrency: conc,
+                seconds,
+                max_ops,
+            });
+        }
+    };
+    pair(4 * KIB, 16, small, 2_000_000);
+    pair(4 * KIB, 1, small, 2_000_000);
+    pair(MIB, 16, mid, 4096);
+    for &c in big_conc {
+        // At most 3 GiB written per run.
+        pair(64 * MIB, c, big, 48);
+    }
+    v
+}
+
+/// The generator against the in-memory endpoint.
+pub fn ceiling_plan(quick: bool) -> Vec<Step> {
+    let s = if quick { 2.0 } else { 5.0 };
+    let mut v = Vec::new();
+    for c in [16, 1] {
+        for op in [Op::Put, Op::Get] {
+            v.push(Step {
+                op,
+                size: 4 * KIB,
+                concurrency: c,
+                seconds: s,
+                max_ops: 10_000_000,
+            });
+        }
+    }
+    v
+}
+
+/// Runs `steps` against one endpoint; reads use the objects the writes of their size made.
+async fn run_steps(
+    target: &str,
+    ep: &client::Endpoint,
+    steps: &[Step],
+    server_pids: &[u32],
+    out: &mut Vec<RunResult>,
+) -> Result<()> {
+    let container = "strata-bench";
+    client::ensure_container(ep, container).await?;
+    let mut written: HashMap<u64, Vec<String>> = HashMap::new();
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    for (i, s) in steps.iter().enumerate() {
+        let pool = written.entry(s.size).or_default();
+        if s.op != Op::Put && pool.is_empty() {
+            let n = if s.size >= 16 * MIB { 4 } else { 64 };
+            *pool = load::prefill(
+                ep,
+                container,
+                &format!("{run_id}-pre{}", s.size),
+                s.size,
+                n,
+                4,
+            )
+            .await?;
+        }
+        let w = Workload {
+            op: s.op,
+            size: s.size,
+            concurrency: s.concurrency,
+            duration: Duration::from_secs_f64(s.seconds),
+            max_ops: s.max_ops,
+            container: container.into(),
+            prefix: format!("{run_id}-{i}-{}", s.size),
+            names: Arc::new(pool.clone()),
+        };
+        let (r, names) = load::run(target, ep, &w, server_pids).await?;
+        print_run(&r);
+        pool.extend(names);
+        out.push(r);
+    }
+    Ok(())
+}
+
+fn machine(work: &Path) -> report::Machine {
+    let mem_kb: f64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next()?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    let work = std::fs::canonicalize(work).unwrap_or_else(|_| work.to_path_buf());
+    let mut fs = String::from("?");
+    let mut best = 0;
+    if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+        for l in mounts.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 2 && work.starts_with(f[1]) && f[1].len() >= best {
+                best = f[1].len();
+                fs = format!("{} ({} at {})", f[2], f[0], f[1]);
+            }
+        }
+    }
+    report::Machine {
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        mem_gib: mem_kb / (1024.0 * 1024.0),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        filesystem_of_work_dir: fs,
+        load_1m_at_start: procstat::loadavg_1m(),
+    }
+}
+
+fn utc_now() -> (String, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (now / 86_400, now % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    (
+        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z"),
+        format!("{y:04}{m:02}{d:02}-{hh:02}{mm:02}{ss:02}"),
+    )
+}
+
+fn write_outputs(dir: &Path, r: &Report) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(r)?)?;
+    std::fs::write(dir.join("results.md"), r.markdown())?;
+    std::fs::write(dir.join("throughput-vs-size.svg"), r.svg_size())?;
+    std::fs::write(
+        dir.join("throughput-vs-concurrency.svg"),
+        r.svg_concurrency(),
+    )?;
+    Ok(())
+}
+
+/// The standard comparison; returns the results directory.
+pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
+    let t0 = Instant::now();
+    let (started, stamp) = utc_now();
+    let dir = a.out.join(&stamp);
+    std::fs::create_dir_all(&a.work_dir)
+        .with_context(|| format!("creating {}", a.work_dir.display()))?;
+    let work = std::fs::canonicalize(&a.work_dir)?;
+    let mut rep = Report {
+        started,
+        quick: a.quick,
+        machine: machine(&work),
+        replicas: 1,
+        ..Default::default()
+    };
+    println!("strata bench: results in {}", dir.display());
+
+    // 1. The generator's ceiling.
+    println!("== generator ceiling (in-memory endpoint)");
+    {
+        let mem = memserver::MemServer::start().await?;
+        let ep = client::tempauth(&mem.auth_url(), memserver::USER, memserver::KEY).await?;
+        run_steps(
+            "ceiling",
+            &ep,
+            &ceiling_plan(a.quick),
+            &[],
+            &mut rep.ceiling,
+        )
+        .await?;
+    }
+    write_outputs(&dir, &rep)?;
+
+    // 2. The raw disk.
+    if !a.skip_fio {
+        println!("== raw disk (fio)");
+        let (size, secs) = if a.quick {
+            (1u64 << 30, 4)
+        } else {
+            (4u64 << 30, 15)
+        };
+        match fio::run_all(&work.join("fio"), size, Duration::from_secs(secs)) {
+            Ok(f) => {
+                for x in &f {
+                    println!(
+                        "fio {:<24} {:>8} MiB/s {:>8} IOPS p99 {} ms",
+                        x.name,
+                        report::fmt_num(x.mib_per_s),
+                        report::fmt_num(x.iops),
+                        report::fmt_num(x.lat_p99_ms)
+                    );
+                }
+                rep.fio = f;
+            }
+            Err(e) => rep.notes.push(format!("raw disk not measured: {e:#}")),
+        }
+        write_outputs(&dir, &rep)?;
+    }
+
+    let steps = plan(a.quick);
+    // 3. Strata.
+    if !a.skip_strata {
+        println!("== Strata");
+        let bin = match &a.strata_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?,
+        };
+        let r = async {
+            let mut peer = peers::start_strata(&bin, &work, 24 << 30).await?;
+            let pids = peer.guard.pids();
+            let r = run_steps("strata", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
+            peer.guard.stop();
+            r
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(work.join("strata/data"));
+        if let Err(e) = r {
+            println!("Strata: {e:#}");
+            rep.notes.push(format!("Strata: {e:#}"));
+        }
+        write_outputs(&dir, &rep)?;
+    }
+
+    // 4. OpenStack Swift.
+    if !a.skip_swift {
+        println!("== OpenStack Swift");
+        let r = async {
+            let mut peer = peers::start_swift(&work).await?;
+            let pids = peer.guard.pids();
+            let r = run_steps("swift", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
+            peer.guard.stop();
+            r
+        }
+        .await;
+        let srv = work.join("swift/srv/d1");
+        if let Ok(entries) = std::fs::read_dir(&srv) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        if let Err(e) = r {
+            println!("Swift: {e:#}");
+            rep.notes.push(format!("Swift: {e:#}"));
+        }
+        write_outputs(&dir, &rep)?;
+    }
+
+    println!("\n{}", rep.markdown());
+    println!(
+        "strata bench: done in {:.0} s; results in {}",
+        t0.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("4KiB"), Ok(4096));
+        assert_eq!(parse_size("1m"), Ok(MIB));
+        assert_eq!(parse_size("64MB"), Ok(64 * MIB));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("2048g").is_err());
+    }
+
+    #[test]
+    fn plans_are_bounded() {
+        for quick in [true, false] {
+            let p = plan(quick);
+            assert!(p
+                .iter()
+                .all(|s| s.max_ops > 0 && s.seconds > 0.0 && s.concurrency <= 64));
+            // Every read follows a write of its size.
+            for (i, s) in p.iter().enumerate() {
+                if s.op == Op::Get {
+                    assert!(p[..i].iter().any(|w| w.op == Op::Put && w.size == s.size));
+                }
+            }
+        }
+        let quick: f64 = plan(true).iter().map(|s| s.seconds).sum::<f64>() * 2.0
+            + ceiling_plan(true).iter().map(|s| s.seconds).sum::<f64>();
+        assert!(quick < 120.0, "quick load time {quick}");
+    }
+
+    #[test]
+    fn utc_is_formatted() {
+        let (iso, stamp) = utc_now();
+        assert_eq!(iso.len(), 20);
+        assert!(iso.ends_with('Z'));
+        assert_eq!(stamp.len(), 15);
+    }
+}

@@ -1,0 +1,311 @@
+//! The servers under test: a one-node Strata and OpenStack Swift (Debian), each on
+//! loopback, each stopped by PID when its guard drops (also on error or panic).
+
+use crate::client::{self, Endpoint};
+use crate::procstat;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The bench's peer setup script, shipped inside the binary.
+pub const PEERS_SCRIPT: &str = include_str!("../../../scripts/bench-peers.sh");
+
+pub const SWIFT_PROXY_PORT: u16 = 18081;
+pub const SWIFT_USER: &str = "bench:bench";
+pub const SWIFT_KEY: &str = "benchkey";
+pub const STRATA_USER: &str = "admin:admin";
+
+/// Processes started for a peer; all of them (and their descendants) are stopped on drop.
+#[derive(Default)]
+pub struct ProcGuard {
+    children: Vec<Child>,
+    pids: Vec<u32>,
+}
+
+impl ProcGuard {
+    pub fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.children.iter().map(|c| c.id()).collect();
+        v.extend(&self.pids);
+        v
+    }
+
+    /// SIGTERM to every process of the tree, then SIGKILL to what is left after 10 s.
+    pub fn stop(&mut self) {
+        let all = procstat::with_descendants(&self.pids());
+        signal(&all, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for c in &mut self.children {
+                let _ = c.try_wait();
+            }
+            let alive: Vec<u32> = all.iter().copied().filter(|p| alive(*p)).collect();
+            if alive.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                signal(&alive, libc::SIGKILL);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+        self.children.clear();
+        self.pids.clear();
+    }
+}
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn signal(pids: &[u32], sig: i32) {
+    for &p in pids {
+        // SAFETY: kill(2) with a pid we started (or one of its descendants).
+        unsafe {
+            libc::kill(p as libc::pid_t, sig);
+        }
+    }
+}
+
+/// Alive and not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// A started server: how to reach it and which processes are its.
+pub struct Peer {
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub guard: ProcGuard,
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The `strata serve --config` file of a one-node, one-replica bench node.
+pub fn strata_config(data_dir: &Path, ports: [u16; 3], capacity_bytes: u64) -> String {
+    let [keystone, swift, rpc] = ports;
+    let dir = data_dir
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    format!(
+        "node-id = 1\n\
+         zone = \"zone1\"\n\
+         data-dir = \"{dir}\"\n\
+         bind = \"127.0.0.1\"\n\
+         \n\
+         [ports]\n\
+         keystone = {keystone}\n\
+         swift = {swift}\n\
+         rpc = {rpc}\n\
+         \n\
+         [[disks]]\n\
+         path = \"disk0\"\n\
+         capacity-bytes = {capacity_bytes}\n\
+         \n\
+         [cluster]\n\
+         replicas = 1\n\
+         write-quorum = 1\n\
+         part-power = 8\n"
+    )
+}
+
+/// Polls TempAuth until it answers (or the process dies, or `timeout`).
+async fn wait_auth(
+    auth_url: &str,
+    user: &str,
+    key: &str,
+    timeout: Duration,
+    guard: &mut ProcGuard,
+) -> Result<Endpoint> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for c in &mut guard.children {
+            if let Some(status) = c.try_wait()? {
+                bail!("server exited ({status}) before it was ready");
+            }
+        }
+        match client::tempauth(auth_url, user, key).await {
+            Ok(ep) => return Ok(ep),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).context(format!("{auth_url} not ready after {timeout:?}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Starts `strata serve` with a fresh data dir under `work`.
+pub async fn start_strata(bin: &Path, work: &Path, capacity_bytes: u64) -> Result<Peer> {
+    let dir = work.join("strata");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let ports = [free_port()?, free_port()?, free_port()?];
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        strata_config(&dir.join("data"), ports, capacity_bytes),
+    )?;
+    let password = format!("bench-{:016x}", rand::random::<u64>());
+    let log = std::fs::File::create(dir.join("strata.log"))?;
+    let mut guard = ProcGuard::default();
+    guard.children.push(
+        Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env("STRATA_ADMIN_PASSWORD", &password)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    let auth = format!("http://127.0.0.1:{}/auth/v1.0", ports[1]);
+    let endpoint = wait_auth(
+        &auth,
+        STRATA_USER,
+        &password,
+        Duration::from_secs(90),
+        &mut guard,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "Strata did not start; see {}",
+            dir.join("strata.log").display()
+        )
+    })?;
+    Ok(Peer {
+        name: "strata".into(),
+        endpoint,
+        guard,
+    })
+}
+
+/// Writes the peers script under `work` and returns its path.
+pub fn write_script(work: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(work)?;
+    let path = work.join("bench-peers.sh");
+    std::fs::write(&path, PEERS_SCRIPT)?;
+    Ok(path)
+}
+
+/// Installs (if missing), sets up and starts Swift under `work/swift`.
+pub async fn start_swift(work: &Path) -> Result<Peer> {
+    let script = write_script(work)?;
+    let run = |args: &[&str]| -> Result<String> {
+        let o = Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "bench-peers.sh {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let work_s = work.display().to_string();
+    run(&["install"])?;
+    run(&["setup", &work_s])?;
+    // Old objects would make the comparison unfair (bigger containers, fuller disk).
+    let srv = work.join("swift/srv/d1");
+    if srv.exists() {
+        for e in std::fs::read_dir(&srv)?.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let mut guard = ProcGuard::default();
+    // Record the PIDs even if start fails half way, so they are stopped.
+    let started = Command::new("bash")
+        .arg(&script)
+        .args(["start", &work_s])
+        .stdin(Stdio::null())
+        .output()?;
+    for line in String::from_utf8_lossy(&started.stdout).lines() {
+        if let Some(pid) = line.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            guard.pids.push(pid);
+        }
+    }
+    if !started.status.success() {
+        bail!(
+            "starting Swift: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+    }
+    let auth = format!("http://127.0.0.1:{SWIFT_PROXY_PORT}/auth/v1.0");
+    let endpoint = wait_auth(
+        &auth,
+        SWIFT_USER,
+        SWIFT_KEY,
+        Duration::from_secs(60),
+        &mut guard,
+    )
+    .await?;
+    Ok(Peer {
+        name: "swift".into(),
+        endpoint,
+        guard,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strata_config_has_every_key() {
+        let c = strata_config(Path::new("/tmp/b/data"), [15000, 18080, 17400], 1 << 30);
+        for want in [
+            "node-id = 1",
+            "data-dir = \"/tmp/b/data\"",
+            "bind = \"127.0.0.1\"",
+            "[ports]\nkeystone = 15000\nswift = 18080\nrpc = 17400",
+            "[[disks]]\npath = \"disk0\"\ncapacity-bytes = 1073741824",
+            "[cluster]\nreplicas = 1\nwrite-quorum = 1",
+        ] {
+            assert!(c.contains(want), "missing {want:?} in\n{c}");
+        }
+    }
+
+    #[test]
+    fn script_is_embedded() {
+        assert!(PEERS_SCRIPT.contains("swift-ring-builder"));
+        assert!(PEERS_SCRIPT.contains("mount_check = false"));
+    }
+
+    #[test]
+    fn guard_stops_its_processes() {
+        let mut g = ProcGuard::default();
+        g.children
+            .push(Command::new("sleep").arg("30").spawn().unwrap());
+        let pid = g.pids()[0];
+        assert!(alive(pid));
+        g.stop();
+        assert!(!alive(pid));
+    }
+}
