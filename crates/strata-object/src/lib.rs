@@ -605,33 +605,7 @@ impl ObjectService {
             self.note_expiry(account, container, object, at).await?;
         }
         let previous = self.object_record(account, container, object).await.ok();
-        self.data
-            .put_record(
-                &pkey,
-                &okey,
-                Record {
-                    timestamp: ts.0,
-                    value: Some(model::encode_bin(&info)),
-                },
-            )
-            .await?;
-        let row = ListingEntry {
-            size: info.size,
-            etag: info.etag.clone(),
-            content_type: info.content_type.clone(),
-            timestamp: ts,
-        };
-        let mut lkey = listing_base(account, container);
-        lkey.extend_from_slice(object.as_bytes());
-        self.data
-            .put_record(
-                &listing_pkey(account, container),
-                &lkey,
-                Record {
-                    timestamp: ts.0,
-                    value: Some(model::encode_bin(&row)),
-                },
-            )
+        self.write_object_records(account, container, object, &info)
             .await?;
         if let Some(old) = previous {
             if old.timestamp < ts {
@@ -847,13 +821,27 @@ impl ObjectService {
         if let Some(at) = info.delete_at() {
             self.note_expiry(account, container, object, at).await?;
         }
+        self.write_object_records(account, container, object, &info)
+            .await
+    }
+
+    /// Write an object's record, then its container listing row, each with quorum, both
+    /// stamped with the record's timestamp.
+    async fn write_object_records(
+        &self,
+        account: &str,
+        container: &str,
+        object: &str,
+        info: &ObjectInfo,
+    ) -> Result<()> {
+        let ts = info.timestamp;
         self.data
             .put_record(
                 &object_pkey(account, container, object),
                 &object_key(account, container, object),
                 Record {
                     timestamp: ts.0,
-                    value: Some(model::encode_bin(&info)),
+                    value: Some(model::encode_bin(info)),
                 },
             )
             .await?;
