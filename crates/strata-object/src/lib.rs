@@ -41,6 +41,10 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A stored object header whose value a container listing shows as the object's etag
+/// (a large object lists its manifest's MD5 with the large object's etag as a parameter).
+pub const LISTING_ETAG_OVERRIDE: &str = "x-object-sysmeta-container-update-override-etag";
+
 /// Chunk writes of one object kept in flight at once.
 const CHUNK_WRITES_IN_FLIGHT: usize = 4;
 
@@ -847,7 +851,11 @@ impl ObjectService {
             .await?;
         let row = ListingEntry {
             size: info.size,
-            etag: info.etag.clone(),
+            etag: info
+                .headers
+                .get(LISTING_ETAG_OVERRIDE)
+                .cloned()
+                .unwrap_or_else(|| info.etag.clone()),
             content_type: info.content_type.clone(),
             timestamp: ts,
         };

@@ -8,9 +8,11 @@
 // Handlers answer early with a ready response; boxing every one buys nothing here.
 #![allow(clippy::result_large_err)]
 
+mod bulk;
 mod endpoint;
 mod listing;
 mod response;
+mod slo;
 
 pub use endpoint::{parse_path, Endpoint, PathError};
 
@@ -129,6 +131,14 @@ async fn route(gw: &Arc<SwiftGateway>, req: Request) -> Response {
     let headers = parts.headers;
     if method == Method::OPTIONS {
         return preflight(gw, &ep, &headers).await;
+    }
+    if query.contains_key("bulk-delete") && (method == Method::POST || method == Method::DELETE) {
+        if let Endpoint::Account { account }
+        | Endpoint::Container { account, .. }
+        | Endpoint::Object { account, .. } = &ep
+        {
+            return bulk::bulk_delete(gw, account, &headers, body).await;
+        }
     }
     let cors_container = match &ep {
         Endpoint::Container { account, container }
@@ -838,14 +848,25 @@ struct ObjectRef<'a> {
 }
 
 async fn object_request(
-    gw: &SwiftGateway,
+    gw: &Arc<SwiftGateway>,
     method: &Method,
     o: ObjectRef<'_>,
     headers: &HeaderMap,
     query: &BTreeMap<String, String>,
     body: Body,
 ) -> Handled {
+    let manifest_op = query.get("multipart-manifest").map(String::as_str);
+    if !matches!(method.as_str(), "GET" | "HEAD") && headers.contains_key(slo::SLO_HEADER) {
+        let put = method.as_str() == "PUT" && manifest_op == Some("put");
+        if !put {
+            return Err(bad_request(
+                "X-Static-Large-Object is a reserved header. To create a static large object add query param multipart-manifest=put.",
+            ));
+        }
+    }
     match method.as_str() {
+        "PUT" if manifest_op == Some("put") => slo::put_manifest(gw, o, headers, query, body).await,
+        "DELETE" if manifest_op == Some("delete") => slo::delete_manifest(gw, o, headers).await,
         "PUT" => put_object(gw, o, headers, query, body).await,
         "GET" | "HEAD" => get_object(gw, method, o, headers, query).await,
         "DELETE" => {
@@ -1159,15 +1180,36 @@ async fn check_if_none_match(
     Ok(())
 }
 
-/// The body of an object as GET gives it: its own bytes, or a DLO's segments.
+/// The body of an object as GET gives it: its own bytes, or a large object's pieces.
 struct Content {
     info: ObjectInfo,
-    /// DLO segments (container, name, record) in order; None for a plain object.
-    segments: Option<(String, Vec<(String, ObjectInfo)>)>,
+    /// A DLO's or SLO's pieces in order (empty when not expanded); None for a plain
+    /// object or a manifest asked for as itself.
+    pieces: Option<Vec<slo::Piece>>,
     size: u64,
     etag: String,
+    /// A DLO assembled from its segments.
+    dlo: bool,
+    /// An SLO's top-level segments, when the object is one served as its large object.
+    manifest: Option<Vec<slo::StoredSegment>>,
 }
 
+impl Content {
+    fn plain(info: ObjectInfo) -> Content {
+        let (size, etag) = (info.size, info.etag.clone());
+        Content {
+            info,
+            pieces: None,
+            size,
+            etag,
+            dlo: false,
+            manifest: None,
+        }
+    }
+}
+
+/// What a GET (`expand`) or HEAD of an object serves: a large object's segments are
+/// found and checked only when its bytes are wanted.
 async fn content_of(
     gw: &SwiftGateway,
     account: &str,
@@ -1175,6 +1217,7 @@ async fn content_of(
     object: &str,
     headers: &HeaderMap,
     query: &BTreeMap<String, String>,
+    expand: bool,
 ) -> Result<Content, Response> {
     let info = gw
         .objects
@@ -1183,6 +1226,42 @@ async fn content_of(
         .map_err(object_error)?;
     let manifest = info.headers.get("x-object-manifest").cloned();
     let want_manifest = query.get("multipart-manifest").is_some_and(|v| v == "get");
+    if slo::is_slo(&info) {
+        if want_manifest {
+            if query.get("format").is_some_and(|f| f == "raw") {
+                let segments = slo::read_manifest(gw, account, container, object, &info).await?;
+                let raw = bytes::Bytes::from(slo::raw_manifest(&segments));
+                let etag = hex_lower(&Md5::digest(&raw));
+                let size = raw.len() as u64;
+                return Ok(Content {
+                    info,
+                    pieces: Some(vec![slo::Piece::Data(raw)]),
+                    size,
+                    etag,
+                    dlo: false,
+                    manifest: None,
+                });
+            }
+            return Ok(Content::plain(info));
+        }
+        let segments = slo::read_manifest(gw, account, container, object, &info).await?;
+        let (slo_etag, slo_size) = slo::slo_etag_size(&info).unwrap_or_default();
+        let pieces = if expand {
+            slo::SegmentReader::new(gw, headers, account)
+                .expand(&segments, 1)
+                .await?
+        } else {
+            Vec::new()
+        };
+        return Ok(Content {
+            info,
+            pieces: Some(pieces),
+            size: slo_size,
+            etag: format!("\"{slo_etag}\""),
+            dlo: false,
+            manifest: Some(segments),
+        });
+    }
     match manifest {
         Some(m) if !want_manifest => {
             let m = percent_encoding::percent_decode_str(&m)
@@ -1197,7 +1276,7 @@ async fn content_of(
                 .list_objects(account, sc, prefix, None, None, usize::MAX)
                 .await
                 .map_err(object_error)?;
-            let mut segs = Vec::new();
+            let mut pieces = Vec::new();
             let mut size = 0;
             let mut md5 = Md5::new();
             for (name, _) in rows {
@@ -1206,25 +1285,26 @@ async fn content_of(
                 };
                 size += seg.size;
                 md5.update(seg.etag.as_bytes());
-                segs.push((name, seg));
+                let end = seg.size;
+                pieces.push(slo::Piece::Object {
+                    container: sc.to_string(),
+                    name,
+                    info: Arc::new(seg),
+                    start: 0,
+                    end,
+                });
             }
             let etag = format!("\"{}\"", hex_lower(&md5.finalize()));
             Ok(Content {
                 info,
-                segments: Some((sc.to_string(), segs)),
+                pieces: Some(pieces),
                 size,
                 etag,
+                dlo: true,
+                manifest: None,
             })
         }
-        _ => {
-            let (size, etag) = (info.size, info.etag.clone());
-            Ok(Content {
-                info,
-                segments: None,
-                size,
-                etag,
-            })
-        }
+        _ => Ok(Content::plain(info)),
     }
 }
 
@@ -1245,26 +1325,30 @@ fn read_content(
     start: u64,
     end: u64,
 ) -> ByteStream {
-    match &c.segments {
+    match &c.pieces {
         None => Box::pin(
             gw.objects
                 .read_range(account, container, object, &c.info, start, end),
         ),
-        Some((sc, segs)) => {
-            let mut parts: Vec<ByteStream> = Vec::new();
-            let mut off = 0u64;
-            for (name, seg) in segs {
-                let (s, e) = (off, off + seg.size);
-                off = e;
-                if e <= start || s >= end {
-                    continue;
-                }
-                let from = start.saturating_sub(s);
-                let to = end.min(e) - s;
-                parts.push(Box::pin(
-                    gw.objects.read_range(account, sc, name, seg, from, to),
-                ));
-            }
+        Some(pieces) => {
+            let parts: Vec<ByteStream> = slo::slice_pieces(pieces, start, end)
+                .into_iter()
+                .map(|p| -> ByteStream {
+                    match p {
+                        slo::Piece::Object {
+                            container,
+                            name,
+                            info,
+                            start,
+                            end,
+                        } => Box::pin(
+                            gw.objects
+                                .read_range(account, &container, &name, &info, start, end),
+                        ),
+                        slo::Piece::Data(d) => Box::pin(futures::stream::once(async move { Ok(d) })),
+                    }
+                })
+                .collect();
             Box::pin(futures::stream::iter(parts).flatten())
         }
     }
@@ -1286,6 +1370,7 @@ async fn do_copy(
         &src.object,
         headers,
         query,
+        true,
     )
     .await?;
     if authorize_dest {
@@ -1325,14 +1410,23 @@ async fn do_copy(
         c.info.headers.clone()
     };
     kept.remove("x-delete-at");
-    if c.segments.is_some() {
+    if c.pieces.is_some() {
         // The assembled content is copied, not the manifest.
         kept.remove("x-object-manifest");
+        for h in [slo::SLO_HEADER, slo::SYSMETA_ETAG, slo::SYSMETA_SIZE, slo::LISTING_ETAG] {
+            kept.remove(h);
+        }
     }
     kept.extend(req_kept);
     let content_type = hget(headers, "content-type")
         .map(str::to_string)
-        .unwrap_or_else(|| c.info.content_type.clone());
+        .unwrap_or_else(|| {
+            if c.pieces.is_some() {
+                slo::split_swift_bytes(&c.info.content_type).0.to_string()
+            } else {
+                c.info.content_type.clone()
+            }
+        });
     let opts = PutOptions {
         content_type: Some(content_type),
         meta,
@@ -1389,9 +1483,18 @@ fn object_headers(c: &Content) -> HeaderMap {
     );
     response::put_str(&mut h, "x-timestamp", &info.timestamp.to_swift());
     response::put_str(&mut h, "accept-ranges", "bytes");
-    response::put_str(&mut h, "content-type", &info.content_type);
+    response::put_str(
+        &mut h,
+        "content-type",
+        slo::split_swift_bytes(&info.content_type).0,
+    );
     for (k, v) in &info.headers {
-        response::put_str(&mut h, k, v);
+        if !k.starts_with("x-object-sysmeta-") {
+            response::put_str(&mut h, k, v);
+        }
+    }
+    if c.manifest.is_some() {
+        response::put_str(&mut h, "x-manifest-etag", &info.etag);
     }
     response::put_meta(&mut h, "x-object-meta-", &info.meta);
     h
@@ -1418,8 +1521,36 @@ async fn get_object(
     headers: &HeaderMap,
     query: &BTreeMap<String, String>,
 ) -> Handled {
-    let c = content_of(gw, o.account, o.container, o.object, headers, query).await?;
+    let expand = *method != Method::HEAD;
+    let c = content_of(gw, o.account, o.container, o.object, headers, query, expand).await?;
     let mut h = object_headers(&c);
+    let manifest_get = query.get("multipart-manifest").is_some_and(|v| v == "get");
+    if manifest_get && slo::is_slo(&c.info) && query.get("format").is_none_or(|f| f != "raw") {
+        response::put_str(&mut h, "content-type", "application/json; charset=utf-8");
+    }
+    // `part-number` picks one top-level segment of an SLO.
+    let mut part: Option<(u64, u64)> = None;
+    if let Some(segments) = &c.manifest {
+        if let Some(n) = slo::part_number(query, headers, method)? {
+            let lengths = slo::part_lengths(segments);
+            response::put_num(&mut h, "x-parts-count", lengths.len() as u64);
+            if n > lengths.len() {
+                response::put_str(&mut h, "content-range", &format!("bytes */{}", c.size));
+                if *method == Method::HEAD {
+                    return Ok(response::empty(StatusCode::RANGE_NOT_SATISFIABLE, h));
+                }
+                let msg = "The requested part number is not satisfiable";
+                response::put_num(&mut h, "content-length", msg.len() as u64);
+                return Ok(response::with_body(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    h,
+                    Body::from(msg),
+                ));
+            }
+            let start: u64 = lengths[..n - 1].iter().sum();
+            part = Some((start, start + lengths[n - 1]));
+        }
+    }
     let modified = c.info.timestamp.as_micros().div_ceil(1_000_000);
     if let Some(im) = hget(headers, "if-match") {
         if !etag_matches(im, &c.etag) {
@@ -1441,6 +1572,18 @@ async fn get_object(
         }
     }
     let size = c.size;
+    if let Some((s, e)) = part {
+        response::put_str(&mut h, "content-range", &format!("bytes {s}-{}/{size}", e - 1));
+        response::put_num(&mut h, "content-length", e - s);
+        let body = if *method == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::from_stream(read_content(gw, o.account, o.container, o.object, &c, s, e).map(
+                |r| r.map_err(|e| std::io::Error::other(e.to_string())),
+            ))
+        };
+        return Ok(response::with_body(StatusCode::PARTIAL_CONTENT, h, body));
+    }
     let ranges = match hget(headers, "range").map(|r| response::parse_ranges(r, size)) {
         None | Some(response::RangeOutcome::Ignore) => None,
         Some(response::RangeOutcome::Unsatisfiable) => {
@@ -1453,7 +1596,7 @@ async fn get_object(
             ));
         }
         // A DLO serves one range at most; more and it serves the whole (as Swift).
-        Some(response::RangeOutcome::Ranges(r)) if r.len() > 1 && c.segments.is_some() => None,
+        Some(response::RangeOutcome::Ranges(r)) if r.len() > 1 && c.dlo => None,
         Some(response::RangeOutcome::Ranges(r)) => Some(r),
     };
     let to_io = |r: Result<bytes::Bytes, ObjectError>| {
@@ -1563,4 +1706,36 @@ fn rand_u128() -> u128 {
     let mut b = std::collections::hash_map::RandomState::new().build_hasher();
     b.write_u64(a.finish());
     (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+/// Characters escaped when a name goes back into a path or a result body (Python's
+/// `quote` with `/` safe).
+pub(crate) fn quote_path(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, PATH_SEGMENT).to_string()
+}
+
+/// A request the gateway makes to itself as the caller: the caller's token goes along,
+/// so ACLs and roles apply as they would to the caller's own request.
+pub(crate) fn subrequest<'a>(
+    gw: &'a Arc<SwiftGateway>,
+    method: Method,
+    uri: &str,
+    caller: &HeaderMap,
+    body: Body,
+) -> futures::future::BoxFuture<'a, Response> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    match uri.parse() {
+        Ok(u) => *req.uri_mut() = u,
+        Err(e) => {
+            tracing::warn!(uri, error = %e, "internal request to an unparsable path");
+            return Box::pin(async { fault(Fault::NotFound) });
+        }
+    }
+    for name in ["x-auth-token", "x-storage-token"] {
+        if let Some(v) = caller.get(name) {
+            req.headers_mut().insert(name, v.clone());
+        }
+    }
+    Box::pin(route(gw, req))
 }

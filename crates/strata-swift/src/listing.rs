@@ -241,10 +241,17 @@ pub fn objects(
             let items: Vec<serde_json::Value> = rows
                 .iter()
                 .map(|r| match r {
-                    ObjectRow::Object(n, e) => serde_json::json!({
-                        "name": n, "hash": e.etag, "bytes": e.size,
-                        "content_type": e.content_type, "last_modified": iso_date(e.timestamp),
-                    }),
+                    ObjectRow::Object(n, e) => {
+                        let v = shown(e);
+                        let mut item = serde_json::json!({
+                            "name": n, "hash": v.hash, "bytes": v.bytes,
+                            "content_type": v.content_type, "last_modified": iso_date(e.timestamp),
+                        });
+                        if let Some(slo_etag) = v.slo_etag {
+                            item["slo_etag"] = slo_etag.into();
+                        }
+                        item
+                    }
                     ObjectRow::Subdir(s) => serde_json::json!({ "subdir": s }),
                 })
                 .collect();
@@ -257,10 +264,13 @@ pub fn objects(
             );
             for r in rows {
                 match r {
-                    ObjectRow::Object(n, e) => s.push_str(&format!(
-                        "<object><name>{}</name><hash>{}</hash><bytes>{}</bytes><content_type>{}</content_type><last_modified>{}</last_modified></object>",
-                        xml_escape(n), e.etag, e.size, xml_escape(&e.content_type), iso_date(e.timestamp)
-                    )),
+                    ObjectRow::Object(n, e) => {
+                        let v = shown(e);
+                        s.push_str(&format!(
+                            "<object><name>{}</name><hash>{}</hash><bytes>{}</bytes><content_type>{}</content_type><last_modified>{}</last_modified></object>",
+                            xml_escape(n), xml_escape(&v.hash), v.bytes, xml_escape(&v.content_type), iso_date(e.timestamp)
+                        ))
+                    }
                     ObjectRow::Subdir(d) => s.push_str(&format!(
                         "<subdir name=\"{0}\"><name>{0}</name></subdir>",
                         xml_escape(d)
@@ -398,5 +408,34 @@ mod select_tests {
             shown(select(rows, &params(&[("path", "")]))),
             vec!["d/", "f"]
         );
+    }
+}
+
+/// A listing row as shown: a large object lists its assembled size (the content type's
+/// `swift_bytes`) and its etag beside the manifest's (`slo_etag`).
+struct Shown {
+    bytes: u64,
+    hash: String,
+    slo_etag: Option<String>,
+    content_type: String,
+}
+
+fn shown(e: &ListingEntry) -> Shown {
+    let (ct, swift_bytes) = crate::slo::split_swift_bytes(&e.content_type);
+    let mut parts = e.etag.split(';');
+    let mut hash = parts.next().unwrap_or("").trim().to_string();
+    let mut slo_etag = None;
+    for p in parts {
+        match p.trim().split_once('=') {
+            Some(("slo_etag", v)) => slo_etag = Some(format!("\"{}\"", v.trim_matches('"'))),
+            Some((k, v)) => hash.push_str(&format!("; {k}={v}")),
+            None => {}
+        }
+    }
+    Shown {
+        bytes: swift_bytes.unwrap_or(e.size),
+        hash,
+        slo_etag,
+        content_type: ct.to_string(),
     }
 }

@@ -287,6 +287,17 @@ pub fn info(method: &Method) -> Response {
             "policies": [{"name": "Policy-0", "aliases": "Policy-0", "default": true}],
         },
         "tempauth": {"account_acls": true},
+        "slo": {
+            "max_manifest_segments": crate::slo::MAX_MANIFEST_SEGMENTS,
+            "max_manifest_size": crate::slo::MAX_MANIFEST_BYTES,
+            "yield_frequency": crate::slo::YIELD_FREQUENCY_SECS,
+            "min_segment_size": 1,
+            "allow_async_delete": false,
+        },
+        "bulk_delete": {
+            "max_deletes_per_request": crate::bulk::MAX_DELETES_PER_REQUEST,
+            "max_failed_deletes": crate::bulk::MAX_FAILED_DELETES,
+        },
     });
     let body = doc.to_string();
     let mut h = HeaderMap::new();
