@@ -44,6 +44,7 @@ OPTIONAL_FILES = {
     "slo": "test_slo.py",
     "tempurl": "test_tempurl.py",
     "object_versioning": "test_object_versioning.py",
+    "versioned_writes": "test_versioned_writes.py",
 }
 SUITE_TIMEOUT = float(os.environ.get("STRATA_SWIFT_SUITE_TIMEOUT", "900"))
 
