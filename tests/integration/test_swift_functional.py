@@ -44,12 +44,15 @@ OPTIONAL_FILES = {
     "slo": "test_slo.py",
     "tempurl": "test_tempurl.py",
     "object_versioning": "test_object_versioning.py",
+    "versioned_writes": "test_versioned_writes.py",
 }
 SUITE_TIMEOUT = float(os.environ.get("STRATA_SWIFT_SUITE_TIMEOUT", "900"))
 
 # Files in which every collected test must pass or skip.
 FULLY_PASSING = {
     "test_dlo.py",
+    "test_tempurl.py",
+    "test_versioned_writes.py",
 }
 
 # The HTTP/1 server layer under the gateway (hyper) never sends Content-Length on a 204,

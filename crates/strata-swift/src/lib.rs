@@ -13,6 +13,8 @@ mod endpoint;
 mod listing;
 mod response;
 mod slo;
+mod tempurl;
+mod versioning;
 
 pub use endpoint::{parse_path, Endpoint, PathError};
 
@@ -93,7 +95,11 @@ fn truthy(v: Option<&str>) -> bool {
 async fn handle(State(gw): State<Arc<SwiftGateway>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let headers = req.headers().clone();
-    let mut resp = route(&gw, req).await;
+    let mut resp = match tempurl::intercept(&gw, req).await {
+        tempurl::Intercept::Pass(req) => route(&gw, req).await,
+        tempurl::Intercept::Granted(req, grant) => tempurl::serve(grant, route(&gw, req)).await,
+        tempurl::Intercept::Answer(resp) => resp,
+    };
     finish_response(&mut resp, &path, &headers);
     resp
 }
@@ -165,7 +171,9 @@ async fn route(gw: &Arc<SwiftGateway>, req: Request) -> Response {
             };
             match authorize(gw, &headers, &account, None, need).await {
                 Err(resp) => return resp,
-                Ok(_) => account_request(gw, &method, &account, &headers, &query).await,
+                Ok(ctx) => account_request(gw, &method, &account, &headers, &query)
+                    .await
+                    .map(|r| response::for_owner(r, is_owner(ctx.as_ref(), &account))),
             }
         }
         Endpoint::Container { account, container } => {
@@ -176,9 +184,9 @@ async fn route(gw: &Arc<SwiftGateway>, req: Request) -> Response {
             };
             match authorize(gw, &headers, &account, Some(&container), need).await {
                 Err(resp) => return resp,
-                Ok(_) => {
-                    container_request(gw, &method, &account, &container, &headers, &query).await
-                }
+                Ok(ctx) => container_request(gw, &method, &account, &container, &headers, &query)
+                    .await
+                    .map(|r| response::for_owner(r, is_owner(ctx.as_ref(), &account))),
             }
         }
         Endpoint::Object {
@@ -387,8 +395,19 @@ fn referrer_allows(acl: &str, referer: Option<&str>) -> bool {
     allowed
 }
 
+/// Whether the caller owns the account (Swift's `swift_owner`): an operator role on its own
+/// project, or ResellerAdmin. Owners see the ACLs and temp-URL keys.
+fn is_owner(ctx: Option<&AuthContext>, account: &str) -> bool {
+    ctx.is_some_and(|ctx| {
+        let own = !ctx.project_id.is_empty() && account == format!("AUTH_{}", ctx.project_id);
+        let operator =
+            ctx.has_role("admin") || ctx.has_role("member") || ctx.has_role("SwiftOperator");
+        ctx.has_role("ResellerAdmin") || (own && operator)
+    })
+}
+
 /// Check the token, the caller's roles on the account and, for container and object
-/// requests by others, the container's ACLs.
+/// requests by others, the container's ACLs. A valid temp URL decides alone.
 async fn authorize(
     gw: &SwiftGateway,
     headers: &HeaderMap,
@@ -396,6 +415,13 @@ async fn authorize(
     container: Option<&str>,
     need: Need,
 ) -> Result<Option<AuthContext>, Response> {
+    if let Some(ok) = tempurl::granted(account, container) {
+        if ok {
+            return Ok(None);
+        }
+        tracing::info!(%account, ?container, "temp url does not reach this path");
+        return Err(fault(Fault::Unauthorized));
+    }
     let ctx = match strata_api::auth_token(headers) {
         None => None,
         Some(token) => match gw.identity.validate(token).await {
@@ -408,14 +434,11 @@ async fn authorize(
     };
     if let Some(ctx) = &ctx {
         let own = !ctx.project_id.is_empty() && account == format!("AUTH_{}", ctx.project_id);
-        let operator =
-            ctx.has_role("admin") || ctx.has_role("member") || ctx.has_role("SwiftOperator");
         let read = matches!(
             need,
             Need::OwnerRead | Need::ListContainer | Need::ReadObject
         );
-        if ctx.has_role("ResellerAdmin") || (own && (operator || (read && ctx.has_role("reader"))))
-        {
+        if is_owner(Some(ctx), account) || (own && read && ctx.has_role("reader")) {
             return Ok(ctx.clone().into());
         }
     }
@@ -704,7 +727,12 @@ fn valid_account_acl(acl: &str) -> bool {
 
 /// Container headers stored besides metadata, settable by PUT/POST and removable with
 /// `X-Remove-<name without x->`.
-const CONTAINER_HEADERS: [&str; 2] = ["x-container-read", "x-container-write"];
+const CONTAINER_HEADERS: [&str; 4] = [
+    "x-container-read",
+    "x-container-write",
+    versioning::VERSIONS_LOCATION,
+    versioning::HISTORY_LOCATION,
+];
 
 fn container_header_changes(
     headers: &HeaderMap,
@@ -712,6 +740,9 @@ fn container_header_changes(
     let mut set = BTreeMap::new();
     let mut removed = Vec::new();
     for name in CONTAINER_HEADERS {
+        if versioning::is_location(name) {
+            continue;
+        }
         if let Some(v) = headers.get(name) {
             let v = std::str::from_utf8(v.as_bytes())
                 .map_err(|_| bad_request("ACL must be valid UTF-8"))?;
@@ -727,6 +758,7 @@ fn container_header_changes(
             set.remove(name);
         }
     }
+    versioning::location_changes(headers, &mut set, &mut removed)?;
     Ok((set, removed))
 }
 
@@ -870,7 +902,13 @@ async fn object_request(
         "PUT" => put_object(gw, o, headers, query, body).await,
         "GET" | "HEAD" => get_object(gw, method, o, headers, query).await,
         "DELETE" => {
-            if let Some(v) = hget(headers, "x-if-delete-at") {
+            // Versioning may turn the DELETE into one of a version (stack mode).
+            let instead = versioning::before_delete(gw, o).await?;
+            let (container, object) = match &instead {
+                Some((c, name)) => (c.as_str(), name.as_str()),
+                None => (o.container, o.object),
+            };
+            if let (Some(v), None) = (hget(headers, "x-if-delete-at"), &instead) {
                 let Ok(at) = v.trim().parse::<u64>() else {
                     return Err(bad_request("Bad X-If-Delete-At header value"));
                 };
@@ -884,7 +922,7 @@ async fn object_request(
                 }
             }
             gw.objects
-                .delete_object(o.account, o.container, o.object)
+                .delete_object(o.account, container, object)
                 .await
                 .map_err(object_error)?;
             Ok(response::empty(StatusCode::NO_CONTENT, HeaderMap::new()))
@@ -1129,6 +1167,7 @@ async fn put_object(
         headers: kept,
         expected_etag: hget(headers, "etag").map(str::to_string),
     };
+    versioning::before_write(gw, o).await?;
     let mut received = 0u64;
     let stream = body.into_data_stream().map(move |chunk| {
         let chunk = chunk.map_err(|e| e.to_string())?;
@@ -1394,6 +1433,7 @@ async fn do_copy(
         _ => (0, c.size),
     };
     check_if_none_match(gw, dest, headers).await?;
+    versioning::before_write(gw, dest).await?;
     let fresh = truthy(hget(headers, "x-fresh-metadata"));
     let mut meta = if fresh {
         BTreeMap::new()

@@ -264,6 +264,30 @@ pub fn parse_ranges(header: &str, size: u64) -> RangeOutcome {
     }
 }
 
+/// Headers only the account's owner sees (Swift's `swift_owner_headers`).
+const OWNER_HEADERS: [&str; 9] = [
+    "x-container-read",
+    "x-container-write",
+    "x-container-sync-key",
+    "x-container-sync-to",
+    "x-account-meta-temp-url-key",
+    "x-account-meta-temp-url-key-2",
+    "x-container-meta-temp-url-key",
+    "x-container-meta-temp-url-key-2",
+    "x-account-access-control",
+];
+
+/// An account or container answer as the caller may see it: without the owner's headers
+/// when the caller is not the owner.
+pub fn for_owner(mut resp: Response, owner: bool) -> Response {
+    if !owner {
+        for name in OWNER_HEADERS {
+            resp.headers_mut().remove(name);
+        }
+    }
+    resp
+}
+
 /// `/info`: exactly what this gateway implements.
 pub fn info(method: &Method) -> Response {
     let doc = serde_json::json!({
@@ -297,6 +321,21 @@ pub fn info(method: &Method) -> Response {
         "bulk_delete": {
             "max_deletes_per_request": crate::bulk::MAX_DELETES_PER_REQUEST,
             "max_failed_deletes": crate::bulk::MAX_FAILED_DELETES,
+        },
+        "tempurl": {
+            "methods": crate::tempurl::METHODS,
+            "incoming_remove_headers": crate::tempurl::INCOMING_REMOVE_HEADERS,
+            "incoming_allow_headers": crate::tempurl::INCOMING_ALLOW_HEADERS,
+            "outgoing_remove_headers": crate::tempurl::OUTGOING_REMOVE_HEADERS,
+            "outgoing_allow_headers": crate::tempurl::OUTGOING_ALLOW_HEADERS,
+            "allowed_digests": crate::tempurl::ALLOWED_DIGESTS,
+            "deprecated_digests": crate::tempurl::DEPRECATED_DIGESTS,
+        },
+        "versioned_writes": {
+            "allowed_flags": [
+                crate::versioning::VERSIONS_LOCATION,
+                crate::versioning::HISTORY_LOCATION,
+            ],
         },
     });
     let body = doc.to_string();

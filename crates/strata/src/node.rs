@@ -154,8 +154,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  admin:    user admin, project admin, domain Default");
 
     // Small responses must not wait for delayed ACKs (Nagle): a 4 KiB GET otherwise takes 40 ms.
-    let swift_srv =
-        axum::serve(swift_listener, strata_api::with_request_id(swift)).tcp_nodelay(true);
+    // The peer address is kept for TempURL's `temp_url_ip_range`.
+    let swift_srv = axum::serve(
+        swift_listener,
+        strata_api::with_request_id(swift)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .tcp_nodelay(true);
     let keystone_srv =
         axum::serve(keystone_listener, strata_api::with_request_id(keystone)).tcp_nodelay(true);
     tokio::select! {
