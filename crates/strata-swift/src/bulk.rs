@@ -257,13 +257,15 @@ pub async fn delete_response(
         out.extend(result_body(&format, &fields, &errors, "delete"));
         let _ = tx.send(Ok(bytes::Bytes::from(out))).await;
     });
+    // The answer starts when the work is done or the first heartbeat is due, so a
+    // quick request is complete by the time its status arrives.
+    let mut rx = rx;
+    let first = rx.recv().await;
+    let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let stream = futures::stream::iter(first).chain(rest);
     let mut h = HeaderMap::new();
     response::put_str(&mut h, "content-type", out_type.unwrap_or("text/plain"));
-    response::with_body(
-        StatusCode::OK,
-        h,
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
+    response::with_body(StatusCode::OK, h, Body::from_stream(stream))
 }
 
 async fn run_deletes(

@@ -930,7 +930,15 @@ async fn object_request(
         "POST" => {
             let meta = meta_from_headers(headers, "x-object-meta-")?;
             let (set_headers, remove_headers) = kept_headers(headers, true)?;
-            let content_type = hget(headers, "content-type").map(str::to_string);
+            let mut content_type = hget(headers, "content-type").map(str::to_string);
+            if let Some(ct) = &mut content_type {
+                // A large object keeps listing its assembled size under a new type.
+                if let Ok(info) = gw.objects.head_object(o.account, o.container, o.object).await {
+                    if let Some((_, size)) = slo::slo_etag_size(&info).filter(|_| slo::is_slo(&info)) {
+                        *ct = format!("{};swift_bytes={size}", slo::split_swift_bytes(ct).0);
+                    }
+                }
+            }
             let post = strata_object::ObjectPost {
                 meta,
                 content_type,
@@ -1079,7 +1087,7 @@ fn parse_copy_path(raw: &str, what: &str) -> Result<(String, String), Response> 
 
 /// The COPY verb: a PUT at `Destination` copying this object.
 async fn copy_verb(
-    gw: &SwiftGateway,
+    gw: &Arc<SwiftGateway>,
     o: ObjectRef<'_>,
     headers: &HeaderMap,
     query: &BTreeMap<String, String>,
@@ -1111,7 +1119,7 @@ async fn copy_verb(
 }
 
 async fn put_object(
-    gw: &SwiftGateway,
+    gw: &Arc<SwiftGateway>,
     o: ObjectRef<'_>,
     headers: &HeaderMap,
     query: &BTreeMap<String, String>,
@@ -1395,7 +1403,7 @@ fn read_content(
 
 /// Copy `src` (its GET content, honouring Range) to `dest` with Swift's metadata rules.
 async fn do_copy(
-    gw: &SwiftGateway,
+    gw: &Arc<SwiftGateway>,
     src: CopySource,
     dest: ObjectRef<'_>,
     headers: &HeaderMap,
@@ -1422,7 +1430,24 @@ async fn do_copy(
         )
         .await?;
     }
+    let manifest_get = query.get("multipart-manifest").is_some_and(|v| v == "get");
+    if manifest_get && slo::is_slo(&c.info) && c.pieces.is_none() {
+        return copy_manifest(gw, &src, dest, headers, &c).await;
+    }
+    let part = match &c.manifest {
+        Some(segments) => match slo::part_number(query, headers, &Method::GET)? {
+            Some(n) => Some(slo::part_range(segments, n).ok_or_else(|| {
+                response::text(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "The requested part number is not satisfiable",
+                )
+            })?),
+            None => None,
+        },
+        None => None,
+    };
     let (start, end) = match hget(headers, "range").map(|r| response::parse_ranges(r, c.size)) {
+        _ if part.is_some() => part.unwrap_or((0, c.size)),
         Some(response::RangeOutcome::Ranges(r)) if r.len() == 1 => r[0],
         Some(response::RangeOutcome::Unsatisfiable) => {
             return Err(response::text(
@@ -1489,19 +1514,74 @@ async fn do_copy(
         .await
         .map_err(object_error)?;
     let mut h = HeaderMap::new();
+    copied_from_headers(&mut h, &src, &c.info);
+    Ok(created(&info, h))
+}
+
+/// Copy an SLO manifest as itself: it is written anew at the destination as a manifest
+/// PUT would be, so its segments are checked there with the caller's rights.
+async fn copy_manifest(
+    gw: &Arc<SwiftGateway>,
+    src: &CopySource,
+    dest: ObjectRef<'_>,
+    headers: &HeaderMap,
+    c: &Content,
+) -> Handled {
+    let segments =
+        slo::read_manifest(gw, &src.account, &src.container, &src.object, &c.info).await?;
+    let raw = slo::raw_manifest(&segments);
+    let mut h = HeaderMap::new();
+    let fresh = truthy(hget(headers, "x-fresh-metadata"));
+    if !fresh {
+        for (k, v) in &c.info.meta {
+            response::put_str(&mut h, &format!("x-object-meta-{k}"), v);
+        }
+        for (k, v) in &c.info.headers {
+            if KEPT_HEADERS.contains(&k.as_str()) && k != "x-delete-at" {
+                response::put_str(&mut h, k, v);
+            }
+        }
+        response::put_str(
+            &mut h,
+            "content-type",
+            slo::split_swift_bytes(&c.info.content_type).0,
+        );
+    }
+    for (k, v) in headers {
+        let name = k.as_str();
+        let passed = name.starts_with("x-object-meta-")
+            || KEPT_HEADERS.contains(&name)
+            || matches!(
+                name,
+                "x-auth-token" | "x-storage-token" | "accept" | "content-type" | "if-none-match"
+                    | "x-delete-after"
+            );
+        if passed {
+            h.insert(k.clone(), v.clone());
+        }
+    }
+    response::put_num(&mut h, "content-length", raw.len() as u64);
+    let resp =
+        slo::put_manifest(gw, dest, &h, &BTreeMap::new(), Body::from(raw)).await?;
+    let (mut parts, body) = resp.into_parts();
+    copied_from_headers(&mut parts.headers, src, &c.info);
+    Ok(Response::from_parts(parts, body))
+}
+
+/// `X-Copied-From*` of a copy's answer.
+fn copied_from_headers(h: &mut HeaderMap, src: &CopySource, info: &ObjectInfo) {
     let from = format!(
         "{}/{}",
         percent_encoding::utf8_percent_encode(&src.container, PATH_SEGMENT),
         percent_encoding::utf8_percent_encode(&src.object, PATH_SEGMENT)
     );
-    response::put_str(&mut h, "x-copied-from", &from);
-    response::put_str(&mut h, "x-copied-from-account", &src.account);
+    response::put_str(h, "x-copied-from", &from);
+    response::put_str(h, "x-copied-from-account", &src.account);
     response::put_str(
-        &mut h,
+        h,
         "x-copied-from-last-modified",
-        &response::http_date(c.info.timestamp),
+        &response::http_date(info.timestamp),
     );
-    Ok(created(&info, h))
 }
 
 /// Characters escaped in a path segment echoed back (X-Copied-From).
@@ -1682,7 +1762,7 @@ async fn get_object(
         }
         Some(r) => {
             let boundary = format!("{:032x}", rand_u128());
-            let ct = c.info.content_type.clone();
+            let ct = slo::split_swift_bytes(&c.info.content_type).0.to_string();
             let mut pieces: Vec<ByteStream> = Vec::new();
             let mut total = 0u64;
             for (i, (s, e)) in r.iter().enumerate() {

@@ -453,7 +453,7 @@ async fn heartbeat_fields(
     match outcome {
         ManifestOutcome::Problems(problems) => {
             fields.push(("Response Status".into(), "400 Bad Request".into()));
-            fields.push(("Response Body".into(), "Bad Request".into()));
+            fields.push(("Response Body".into(), BAD_REQUEST_TEXT.into()));
             (fields, problems)
         }
         ManifestOutcome::Stored(resp) | ManifestOutcome::Failed(resp) => {
@@ -472,7 +472,9 @@ async fn heartbeat_fields(
                 .await
                 .unwrap_or_default();
             let mut text = String::from_utf8_lossy(&body).to_string();
-            if text.is_empty() && !status.is_success() {
+            if status == StatusCode::UNPROCESSABLE_ENTITY {
+                text = UNPROCESSABLE_TEXT.to_string();
+            } else if text.is_empty() && !status.is_success() {
                 text = status.canonical_reason().unwrap_or("").to_string();
             }
             fields.push(("Response Body".into(), text.into()));
@@ -480,6 +482,10 @@ async fn heartbeat_fields(
         }
     }
 }
+
+/// Swift's reason and explanation of a 400 and a 422, as heartbeat bodies give them.
+const BAD_REQUEST_TEXT: &str = "Bad Request\nThe server could not comply with the request since it is either malformed or otherwise incorrect.";
+const UNPROCESSABLE_TEXT: &str = "Unprocessable Entity\nUnable to process the contained instructions";
 
 struct ManifestJob {
     gw: Arc<SwiftGateway>,
@@ -586,6 +592,14 @@ impl ManifestJob {
             if !client.is_empty() && client != slo_etag {
                 return ManifestOutcome::Failed(fault(Fault::UnprocessableEntity));
             }
+        }
+        let target = ObjectRef {
+            account: &self.account,
+            container: &self.container,
+            object: &self.object,
+        };
+        if let Err(resp) = crate::versioning::before_write(&self.gw, target).await {
+            return ManifestOutcome::Failed(resp);
         }
         let json = serde_json::to_vec(&stored).unwrap_or_default();
         let manifest_md5 = crate::hex_lower(&Md5::digest(&json));
@@ -829,6 +843,14 @@ fn check_segment(seg: &StoredSegment, etag: &str, size: u64, name: &str) -> Resu
 /// The lengths of a manifest's top-level segments (for `part-number`).
 pub fn part_lengths(segments: &[StoredSegment]) -> Vec<u64> {
     segments.iter().map(StoredSegment::length).collect()
+}
+
+/// The bytes `[start, end)` of top-level segment `n` (1-based), if there is one.
+pub fn part_range(segments: &[StoredSegment], n: usize) -> Option<(u64, u64)> {
+    let lengths = part_lengths(segments);
+    let len = *lengths.get(n.checked_sub(1)?)?;
+    let start: u64 = lengths[..n - 1].iter().sum();
+    Some((start, start + len))
 }
 
 /// `part-number` of a GET or HEAD: None when absent; 400 when invalid.
