@@ -143,3 +143,28 @@ def cluster(request, strata_bin, admin_password, tmp_path):
         yield c
     finally:
         _cleanup(request, c.nodes, failed_before)
+
+
+@pytest.fixture(scope="module")
+def module_cluster(request, strata_bin, admin_password, tmp_path_factory):
+    """A three-node cluster (replicas 3, write-quorum 2) shared by the tests of a module."""
+    c = Cluster(
+        binary=strata_bin, workdir=tmp_path_factory.mktemp("three"), password=admin_password
+    )
+    failed_before = None
+    _activate(c.nodes)
+    try:
+        c.start_all()
+        c.wait_ready()
+        failed_before = request.session.testsfailed
+        yield c
+    finally:
+        _cleanup(request, c.nodes, failed_before)
+
+
+@pytest.fixture(scope="module", params=["single", "three-node"])
+def any_cluster_node(request):
+    """The gateway node of a one-node cloud, then of node 1 of a three-node cluster."""
+    if request.param == "single":
+        return request.getfixturevalue("single_node")
+    return request.getfixturevalue("module_cluster").node(1)

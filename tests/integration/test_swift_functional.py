@@ -1,4 +1,5 @@
-"""OpenStack Swift's own functional test suite (swift 2.38.3 sdist) against one Strata node.
+"""OpenStack Swift's own functional test suite (swift 2.38.3 sdist) against a fresh one-node
+cloud, then against node 1 of a fresh three-node cluster.
 
 The node is fresh; Keystone's admin API (as the bootstrap admin) provisions the accounts the
 suite expects: project `test` with operator `tester` and non-operator `tester3`, project
@@ -51,6 +52,7 @@ SUITE_TIMEOUT = float(os.environ.get("STRATA_SWIFT_SUITE_TIMEOUT", "900"))
 # Files in which every collected test must pass or skip.
 FULLY_PASSING = {
     "test_dlo.py",
+    "test_slo.py",
     "test_tempurl.py",
     "test_versioned_writes.py",
 }
@@ -285,10 +287,11 @@ def swift_src() -> Path:
 
 
 @pytest.mark.timeout(SUITE_TIMEOUT + 120)
-def test_swift_functional_suite(swift_src, single_node, tmp_path):
-    single_node.wait_ready()
-    cfg = provision(single_node, tmp_path)
-    files = suite_files(advertised(single_node))
+def test_swift_functional_suite(swift_src, any_cluster_node, tmp_path):
+    node = any_cluster_node
+    node.wait_ready()
+    cfg = provision(node, tmp_path)
+    files = suite_files(advertised(node))
     report = tmp_path / "junit.xml"
     log = tmp_path / "suite.log"
     started = time.monotonic()
