@@ -57,27 +57,9 @@ FULLY_PASSING = {
     "test_versioned_writes.py",
 }
 
-# The HTTP/1 server layer under the gateway (hyper) never sends Content-Length on a 204,
-# writes header names in lower case, rejects raw non-ASCII bytes in the request line with
-# its own 400, and answers more than 100 request headers with 431 before the gateway runs.
-_HYPER_204 = "hyper drops Content-Length from 204 responses; Swift sends 'Content-Length: 0'"
-_HYPER_CASE = "hyper lower-cases response header names; the test compares title-cased names"
-_HYPER_PATH = "hyper refuses a raw non-UTF-8 request line with 400 before Swift's 412 check"
-_HYPER_431 = "hyper refuses >100 request headers with 431; the test wants Swift's 400"
-
 # Tests known to fail, by "<file>::<class>::<test>", with the reason. Anything failing that
 # is not listed here fails this module.
-KNOWN_FAILING: dict[str, str] = {
-    "test_account.py::TestAccount::test_GET_HEAD_content_type": _HYPER_204,
-    "test_container.py::TestContainer::test_GET_HEAD_content_type": _HYPER_204,
-    "test_object.py::TestObject::test_metadata": _HYPER_CASE,
-    "tests.py::TestAccount::testInvalidUTF8Path": _HYPER_PATH,
-    "tests.py::TestAccountUTF8::testInvalidUTF8Path": _HYPER_PATH,
-    "tests.py::TestContainer::testUtf8Container": _HYPER_PATH,
-    "tests.py::TestContainerUTF8::testUtf8Container": _HYPER_PATH,
-    "tests.py::TestFile::testMetadataNumberLimit": _HYPER_431,
-    "tests.py::TestFileUTF8::testMetadataNumberLimit": _HYPER_431,
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------------------------

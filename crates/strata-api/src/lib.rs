@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod fault;
 pub mod format;
+pub mod http1;
 pub mod json;
 pub mod request_id;
 

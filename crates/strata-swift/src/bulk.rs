@@ -196,7 +196,10 @@ pub async fn bulk_delete(
         Err((status, msg)) => {
             let format = out_type.unwrap_or("text/plain");
             let fields = vec![
-                ("Response Status".into(), crate::slo::status_line(status).into()),
+                (
+                    "Response Status".into(),
+                    crate::slo::status_line(status).into(),
+                ),
                 ("Response Body".into(), msg.into()),
                 ("Number Deleted".into(), 0.into()),
                 ("Number Not Found".into(), 0.into()),
@@ -341,7 +344,10 @@ async fn run_deletes(
         tracing::info!(account, failed = failed.len(), "bulk delete with failures");
     }
     let fields = vec![
-        ("Response Status".into(), crate::slo::status_line(status).into()),
+        (
+            "Response Status".into(),
+            crate::slo::status_line(status).into(),
+        ),
         ("Response Body".into(), body.into()),
         ("Number Deleted".into(), deleted.into()),
         ("Number Not Found".into(), not_found.into()),
@@ -357,7 +363,10 @@ mod tests {
     fn accept_negotiation() {
         let o = crate::slo::ACCEPTABLE;
         assert_eq!(best_match(None, &o), Some("text/plain"));
-        assert_eq!(best_match(Some("application/json"), &o), Some("application/json"));
+        assert_eq!(
+            best_match(Some("application/json"), &o),
+            Some("application/json")
+        );
         assert_eq!(
             best_match(Some("text/xml;q=0.5, application/json;q=0.9"), &o),
             Some("application/json")

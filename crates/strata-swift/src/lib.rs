@@ -1392,7 +1392,9 @@ fn read_content(
                             gw.objects
                                 .read_range(account, &container, &name, &info, start, end),
                         ),
-                        slo::Piece::Data(d) => Box::pin(futures::stream::once(async move { Ok(d) })),
+                        slo::Piece::Data(d) => {
+                            Box::pin(futures::stream::once(async move { Ok(d) }))
+                        }
                     }
                 })
                 .collect();
@@ -1478,7 +1480,12 @@ async fn do_copy(
     if c.pieces.is_some() {
         // The assembled content is copied, not the manifest.
         kept.remove("x-object-manifest");
-        for h in [slo::SLO_HEADER, slo::SYSMETA_ETAG, slo::SYSMETA_SIZE, slo::LISTING_ETAG] {
+        for h in [
+            slo::SLO_HEADER,
+            slo::SYSMETA_ETAG,
+            slo::SYSMETA_SIZE,
+            slo::LISTING_ETAG,
+        ] {
             kept.remove(h);
         }
     }
@@ -1693,14 +1700,19 @@ async fn get_object(
     }
     let size = c.size;
     if let Some((s, e)) = part {
-        response::put_str(&mut h, "content-range", &format!("bytes {s}-{}/{size}", e - 1));
+        response::put_str(
+            &mut h,
+            "content-range",
+            &format!("bytes {s}-{}/{size}", e - 1),
+        );
         response::put_num(&mut h, "content-length", e - s);
         let body = if *method == Method::HEAD {
             Body::empty()
         } else {
-            Body::from_stream(read_content(gw, o.account, o.container, o.object, &c, s, e).map(
-                |r| r.map_err(|e| std::io::Error::other(e.to_string())),
-            ))
+            Body::from_stream(
+                read_content(gw, o.account, o.container, o.object, &c, s, e)
+                    .map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))),
+            )
         };
         return Ok(response::with_body(StatusCode::PARTIAL_CONTENT, h, body));
     }

@@ -632,7 +632,11 @@ impl ManifestJob {
             Ok(info) => {
                 let mut h = HeaderMap::new();
                 response::put_str(&mut h, "etag", &format!("\"{slo_etag}\""));
-                response::put_str(&mut h, "last-modified", &response::http_date(info.timestamp));
+                response::put_str(
+                    &mut h,
+                    "last-modified",
+                    &response::http_date(info.timestamp),
+                );
                 response::put_str(&mut h, "x-timestamp", &info.timestamp.to_swift());
                 ManifestOutcome::Stored(response::empty(StatusCode::CREATED, h))
             }
@@ -645,7 +649,9 @@ fn large_object_etag(segments: &[StoredSegment]) -> String {
     let mut md5 = Md5::new();
     for s in segments {
         if let Some(d) = &s.data {
-            md5.update(crate::hex_lower(&Md5::digest(decode_b64(d).unwrap_or_default())));
+            md5.update(crate::hex_lower(&Md5::digest(
+                decode_b64(d).unwrap_or_default(),
+            )));
         } else if let Some(r) = &s.range {
             md5.update(format!("{}:{r};", s.hash.as_deref().unwrap_or("")));
         } else {
@@ -673,7 +679,10 @@ pub async fn read_manifest(
     }
     serde_json::from_slice(&body).map_err(|e| {
         tracing::error!(account, container, object, error = %e, "unreadable SLO manifest");
-        response::text(StatusCode::INTERNAL_SERVER_ERROR, "Unable to load SLO manifest")
+        response::text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Unable to load SLO manifest",
+        )
     })
 }
 
@@ -777,7 +786,11 @@ impl<'a> SegmentReader<'a> {
                 return Err(fault(Fault::Conflict));
             };
             if !self.may_read(c).await {
-                tracing::info!(account = self.account, segment = name, "SLO segment not readable");
+                tracing::info!(
+                    account = self.account,
+                    segment = name,
+                    "SLO segment not readable"
+                );
                 return Err(fault(Fault::Conflict));
             }
             let info = match self.gw.objects.head_object(self.account, c, obj).await {
@@ -836,7 +849,10 @@ fn check_segment(seg: &StoredSegment, etag: &str, size: u64, name: &str) -> Resu
     if etag_ok && size_ok {
         return Ok(());
     }
-    tracing::warn!(segment = name, "SLO segment changed since the manifest was written");
+    tracing::warn!(
+        segment = name,
+        "SLO segment changed since the manifest was written"
+    );
     Err(fault(Fault::Conflict))
 }
 
@@ -872,7 +888,9 @@ pub fn part_number(
     match v.trim().parse::<i64>() {
         Ok(n) if n > 0 => {
             if headers.contains_key(header::RANGE) {
-                return Err(bad("Range requests are not supported with part number queries"));
+                return Err(bad(
+                    "Range requests are not supported with part number queries",
+                ));
             }
             Ok(Some(n as usize))
         }
@@ -915,7 +933,9 @@ pub async fn delete_manifest(
         std::collections::VecDeque::from([(format!("/{}/{}", o.container, o.object), true)]);
     while let Some((name, sub_slo)) = queue.pop_front() {
         if queue.len() > MAX_MANIFEST_SEGMENTS * 10 {
-            return Err(crate::bad_request("Too many buffered slo segments to delete."));
+            return Err(crate::bad_request(
+                "Too many buffered slo segments to delete.",
+            ));
         }
         if !sub_slo {
             names.push(bulk::Target::named(name));
@@ -979,7 +999,9 @@ mod tests {
     use super::*;
 
     fn errors_of(body: &str) -> Option<StatusCode> {
-        parse_input(body.as_bytes(), "/c/m").err().map(|r| r.status())
+        parse_input(body.as_bytes(), "/c/m")
+            .err()
+            .map(|r| r.status())
     }
 
     #[test]
@@ -987,9 +1009,18 @@ mod tests {
         assert_eq!(errors_of("{"), Some(StatusCode::BAD_REQUEST));
         assert_eq!(errors_of("{}"), Some(StatusCode::BAD_REQUEST));
         assert_eq!(errors_of("[1]"), Some(StatusCode::BAD_REQUEST));
-        assert_eq!(errors_of(r#"[{"path":"nocontainer"}]"#), Some(StatusCode::BAD_REQUEST));
-        assert_eq!(errors_of(r#"[{"path":"/c/m"}]"#), Some(StatusCode::BAD_REQUEST));
-        assert_eq!(errors_of(r#"[{"path":"/c/o","range":"x"}]"#), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            errors_of(r#"[{"path":"nocontainer"}]"#),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            errors_of(r#"[{"path":"/c/m"}]"#),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            errors_of(r#"[{"path":"/c/o","range":"x"}]"#),
+            Some(StatusCode::BAD_REQUEST)
+        );
         assert_eq!(
             errors_of(r#"[{"path":"/c/o","range":"1-2,4-5"}]"#),
             Some(StatusCode::BAD_REQUEST)
@@ -998,12 +1029,30 @@ mod tests {
             errors_of(r#"[{"path":"/c/o","size_bytes":5,"range":"9-"}]"#),
             Some(StatusCode::BAD_REQUEST)
         );
-        assert_eq!(errors_of(r#"[{"data":"!!"}]"#), Some(StatusCode::BAD_REQUEST));
-        assert_eq!(errors_of(r#"[{"data":"YQ=="}]"#), Some(StatusCode::BAD_REQUEST));
-        assert_eq!(errors_of(r#"[{"path":"/c/o","x":1}]"#), Some(StatusCode::BAD_REQUEST));
-        assert_eq!(errors_of(r#"[{"path":"/c/o","size_bytes":"a"}]"#), Some(StatusCode::BAD_REQUEST));
-        assert_eq!(errors_of(r#"[{"path":"/c/o","etag":null,"size_bytes":null}]"#), None);
-        assert_eq!(errors_of(r#"[{"data":"YQ=="},{"path":"c/o","range":"-3"}]"#), None);
+        assert_eq!(
+            errors_of(r#"[{"data":"!!"}]"#),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            errors_of(r#"[{"data":"YQ=="}]"#),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            errors_of(r#"[{"path":"/c/o","x":1}]"#),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            errors_of(r#"[{"path":"/c/o","size_bytes":"a"}]"#),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            errors_of(r#"[{"path":"/c/o","etag":null,"size_bytes":null}]"#),
+            None
+        );
+        assert_eq!(
+            errors_of(r#"[{"data":"YQ=="},{"path":"c/o","range":"-3"}]"#),
+            None
+        );
     }
 
     #[test]
@@ -1049,7 +1098,10 @@ mod tests {
 
     #[test]
     fn swift_bytes_is_split_off() {
-        assert_eq!(split_swift_bytes("text/plain;swift_bytes=12"), ("text/plain", Some(12)));
+        assert_eq!(
+            split_swift_bytes("text/plain;swift_bytes=12"),
+            ("text/plain", Some(12))
+        );
         assert_eq!(split_swift_bytes("text/plain"), ("text/plain", None));
     }
 }

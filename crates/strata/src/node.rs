@@ -153,16 +153,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  keystone: {keystone_url}/v3");
     println!("  admin:    user admin, project admin, domain Default");
 
-    // Small responses must not wait for delayed ACKs (Nagle): a 4 KiB GET otherwise takes 40 ms.
-    // The peer address is kept for TempURL's `temp_url_ip_range`.
-    let swift_srv = axum::serve(
-        swift_listener,
-        strata_api::with_request_id(swift)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .tcp_nodelay(true);
+    // Served through hyper's HTTP/1 builder (see `strata_api::http1`): TCP_NODELAY, the
+    // peer address for TempURL's `temp_url_ip_range`, Swift's wire conventions.
+    let swift_srv = strata_api::http1::serve(swift_listener, strata_api::with_request_id(swift));
     let keystone_srv =
-        axum::serve(keystone_listener, strata_api::with_request_id(keystone)).tcp_nodelay(true);
+        strata_api::http1::serve(keystone_listener, strata_api::with_request_id(keystone));
     tokio::select! {
         r = swift_srv => r.context("swift gateway stopped")?,
         r = keystone_srv => r.context("keystone gateway stopped")?,
