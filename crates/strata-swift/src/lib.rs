@@ -933,8 +933,14 @@ async fn object_request(
             let mut content_type = hget(headers, "content-type").map(str::to_string);
             if let Some(ct) = &mut content_type {
                 // A large object keeps listing its assembled size under a new type.
-                if let Ok(info) = gw.objects.head_object(o.account, o.container, o.object).await {
-                    if let Some((_, size)) = slo::slo_etag_size(&info).filter(|_| slo::is_slo(&info)) {
+                if let Ok(info) = gw
+                    .objects
+                    .head_object(o.account, o.container, o.object)
+                    .await
+                {
+                    if let Some((_, size)) =
+                        slo::slo_etag_size(&info).filter(|_| slo::is_slo(&info))
+                    {
                         *ct = format!("{};swift_bytes={size}", slo::split_swift_bytes(ct).0);
                     }
                 }
@@ -1560,7 +1566,11 @@ async fn copy_manifest(
             || KEPT_HEADERS.contains(&name)
             || matches!(
                 name,
-                "x-auth-token" | "x-storage-token" | "accept" | "content-type" | "if-none-match"
+                "x-auth-token"
+                    | "x-storage-token"
+                    | "accept"
+                    | "content-type"
+                    | "if-none-match"
                     | "x-delete-after"
             );
         if passed {
@@ -1568,8 +1578,7 @@ async fn copy_manifest(
         }
     }
     response::put_num(&mut h, "content-length", raw.len() as u64);
-    let resp =
-        slo::put_manifest(gw, dest, &h, &BTreeMap::new(), Body::from(raw)).await?;
+    let resp = slo::put_manifest(gw, dest, &h, &BTreeMap::new(), Body::from(raw)).await?;
     let (mut parts, body) = resp.into_parts();
     copied_from_headers(&mut parts.headers, src, &c.info);
     Ok(Response::from_parts(parts, body))

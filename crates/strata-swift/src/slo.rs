@@ -485,7 +485,8 @@ async fn heartbeat_fields(
 
 /// Swift's reason and explanation of a 400 and a 422, as heartbeat bodies give them.
 const BAD_REQUEST_TEXT: &str = "Bad Request\nThe server could not comply with the request since it is either malformed or otherwise incorrect.";
-const UNPROCESSABLE_TEXT: &str = "Unprocessable Entity\nUnable to process the contained instructions";
+const UNPROCESSABLE_TEXT: &str =
+    "Unprocessable Entity\nUnable to process the contained instructions";
 
 struct ManifestJob {
     gw: Arc<SwiftGateway>,
