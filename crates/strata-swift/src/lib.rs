@@ -11,6 +11,7 @@
 mod bulk;
 mod endpoint;
 mod listing;
+mod quota;
 mod response;
 mod slo;
 mod tempurl;
@@ -171,7 +172,7 @@ async fn route(gw: &Arc<SwiftGateway>, req: Request) -> Response {
             };
             match authorize(gw, &headers, &account, None, need).await {
                 Err(resp) => return resp,
-                Ok(ctx) => account_request(gw, &method, &account, &headers, &query)
+                Ok(ctx) => account_request(gw, &method, &account, &headers, &query, ctx.as_ref())
                     .await
                     .map(|r| response::for_owner(r, is_owner(ctx.as_ref(), &account))),
             }
@@ -637,6 +638,7 @@ async fn account_request(
     account: &str,
     headers: &HeaderMap,
     query: &BTreeMap<String, String>,
+    ctx: Option<&AuthContext>,
 ) -> Handled {
     let objects = &gw.objects;
     match *method {
@@ -648,7 +650,11 @@ async fn account_request(
             response::put_num(&mut h, "x-account-container-count", containers);
             response::put_num(&mut h, "x-account-object-count", count);
             response::put_num(&mut h, "x-account-bytes-used", bytes);
+            let (meta, quotas) = quota::split_account_meta(&meta);
             response::put_meta(&mut h, "x-account-meta-", &meta);
+            for (k, v) in quotas {
+                response::put_str(&mut h, &k, &v);
+            }
             if *method == Method::HEAD {
                 h.insert(
                     header::CONTENT_TYPE,
@@ -700,7 +706,13 @@ async fn account_request(
                 // Keystone accounts take no account ACLs: like Swift's keystoneauth, the
                 // header is dropped and the rest of the request goes on.
             }
-            let (set, cleared) = meta_changes(headers, "account")?;
+            let (mut set, mut cleared) = meta_changes(headers, "account")?;
+            // The legacy quota header is a quota, not metadata.
+            set.remove("quota-bytes");
+            cleared.retain(|k| k != "quota-bytes");
+            let (quota_set, quota_removed) = quota::account_changes(headers, ctx)?;
+            set.extend(quota_set);
+            cleared.extend(quota_removed);
             let existing = objects.account_meta(account).await.map_err(object_error)?;
             check_merged(&existing, &set, &cleared)?;
             objects
@@ -773,6 +785,7 @@ async fn container_request(
     let objects = &gw.objects;
     match *method {
         Method::PUT => {
+            quota::check_container_headers(headers)?;
             if let Some(policy) = hget(headers, "x-storage-policy") {
                 let policy = policy.trim();
                 if !policy.is_empty() && !policy.eq_ignore_ascii_case("Policy-0") {
@@ -804,6 +817,7 @@ async fn container_request(
             Ok(response::empty(status, HeaderMap::new()))
         }
         Method::POST => {
+            quota::check_container_headers(headers)?;
             let (set, cleared) = meta_changes(headers, "container")?;
             let (hset, hremoved) = container_header_changes(headers)?;
             let info = objects
@@ -1170,6 +1184,7 @@ async fn put_object(
         return do_copy(gw, src, o, headers, query, false).await;
     }
     check_if_none_match(gw, o, headers).await?;
+    quota::check_upload(gw, headers, o.account, o.container, declared.unwrap_or(0)).await?;
     let (kept, _) = kept_headers(headers, false)?;
     let content_type = match hget(headers, "content-type") {
         Some(ct) if !truthy(hget(headers, "x-detect-content-type")) => ct.to_string(),
@@ -1466,6 +1481,7 @@ async fn do_copy(
         _ => (0, c.size),
     };
     check_if_none_match(gw, dest, headers).await?;
+    quota::check_upload(gw, headers, dest.account, dest.container, end - start).await?;
     versioning::before_write(gw, dest).await?;
     let fresh = truthy(hget(headers, "x-fresh-metadata"));
     let mut meta = if fresh {

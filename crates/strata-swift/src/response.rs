@@ -318,6 +318,8 @@ pub fn info(method: &Method) -> Response {
             "min_segment_size": 1,
             "allow_async_delete": false,
         },
+        "account_quotas": {},
+        "container_quotas": {},
         "bulk_delete": {
             "max_deletes_per_request": crate::bulk::MAX_DELETES_PER_REQUEST,
             "max_failed_deletes": crate::bulk::MAX_FAILED_DELETES,

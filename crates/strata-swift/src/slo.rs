@@ -382,6 +382,7 @@ pub async fn put_manifest(
         ));
     }
     crate::check_if_none_match(gw, o, headers).await?;
+    crate::quota::check_upload(gw, headers, o.account, o.container, manifest.len() as u64).await?;
     let out_type = bulk::best_match(hget(headers, "accept"), &ACCEPTABLE).unwrap_or("text/plain");
     let heartbeat = crate::truthy(query.get("heartbeat").map(String::as_str));
     let (kept, _) = crate::kept_headers(headers, false)?;
