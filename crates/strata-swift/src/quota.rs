@@ -17,14 +17,51 @@ use strata_api::AuthContext;
 /// Account metadata keys under this prefix are system metadata: header names cannot
 /// hold ':', so no `X-Account-Meta-*` header can reach them.
 pub const SYSMETA_PREFIX: &str = "sysmeta:";
-const QUOTA_KINDS: [&str; 2] = ["quota-bytes", "quota-count"];
 
 pub fn is_reseller(ctx: Option<&AuthContext>) -> bool {
     ctx.is_some_and(|c| c.has_role("ResellerAdmin"))
 }
 
+/// One account quota: its system metadata key and the header that sets and shows it.
+struct AccountQuota {
+    key: &'static str,
+    header: &'static str,
+    /// The older header that sets it too (`X-Account-Meta-Quota-Bytes`).
+    legacy: Option<&'static str>,
+    /// The message of a refused upload.
+    refusal: &'static str,
+}
+
+/// The account quotas: global, and for the one storage policy (index 0, `Policy-0`).
+const ACCOUNT_QUOTAS: [AccountQuota; 4] = [
+    AccountQuota {
+        key: "quota-bytes",
+        header: "x-account-quota-bytes",
+        legacy: Some("x-account-meta-quota-bytes"),
+        refusal: "Upload exceeds quota.",
+    },
+    AccountQuota {
+        key: "quota-count",
+        header: "x-account-quota-count",
+        legacy: None,
+        refusal: "Upload exceeds quota.",
+    },
+    AccountQuota {
+        key: "quota-bytes-policy-0",
+        header: "x-account-quota-bytes-policy-policy-0",
+        legacy: None,
+        refusal: "Upload exceeds policy quota.",
+    },
+    AccountQuota {
+        key: "quota-count-policy-0",
+        header: "x-account-quota-count-policy-policy-0",
+        legacy: None,
+        refusal: "Upload exceeds policy quota.",
+    },
+];
+
 /// The account quota changes of an account POST or PUT, as system metadata to set and
-/// to remove. Non-resellers trying to set any get 403; bad values 400.
+/// to remove. Non-resellers trying to set or remove any get 403; bad values 400.
 pub fn account_changes(
     headers: &HeaderMap,
     ctx: Option<&AuthContext>,
@@ -32,29 +69,32 @@ pub fn account_changes(
     let mut set = BTreeMap::new();
     let mut removed = Vec::new();
     let mut asked = false;
-    for kind in QUOTA_KINDS {
-        let title = kind.trim_start_matches("quota-");
-        let mut value = hget(headers, &format!("x-account-quota-{title}")).map(str::to_string);
-        if value.is_none() && kind == "quota-bytes" {
-            value = hget(headers, "x-account-meta-quota-bytes").map(str::to_string);
+    let reseller = is_reseller(ctx);
+    let remove_of = |h: &str| format!("x-remove-{}", &h[2..]);
+    for q in &ACCOUNT_QUOTAS {
+        let mut value = hget(headers, q.header).map(str::to_string);
+        if value.is_none() {
+            value = q.legacy.and_then(|l| hget(headers, l)).map(str::to_string);
         }
-        let remove = headers.contains_key(format!("x-remove-account-quota-{title}").as_str())
-            || (kind == "quota-bytes" && headers.contains_key("x-remove-account-meta-quota-bytes"));
+        let remove = headers.contains_key(remove_of(q.header).as_str())
+            || q.legacy
+                .is_some_and(|l| headers.contains_key(remove_of(l).as_str()));
         if remove {
             value = Some(String::new());
         }
         let Some(v) = value else { continue };
         asked = true;
         let v = v.trim().to_string();
+        let key = format!("{SYSMETA_PREFIX}{}", q.key);
         if v.is_empty() {
-            removed.push(format!("{SYSMETA_PREFIX}{kind}"));
+            removed.push(key);
         } else if v.bytes().all(|b| b.is_ascii_digit()) {
-            set.insert(format!("{SYSMETA_PREFIX}{kind}"), v);
-        } else if is_reseller(ctx) {
+            set.insert(key, v);
+        } else if reseller {
             return Err(response::text(StatusCode::BAD_REQUEST, "Bad Request"));
         }
     }
-    if asked && !is_reseller(ctx) {
+    if asked && !reseller {
         tracing::info!("account quota change refused: not a reseller admin");
         return Err(crate::fault(crate::Fault::Forbidden));
     }
@@ -69,7 +109,12 @@ pub fn split_account_meta(
     let mut shown = Vec::new();
     for (k, v) in meta {
         match k.strip_prefix(SYSMETA_PREFIX) {
-            Some(kind) => shown.push((format!("x-account-{kind}"), v.clone())),
+            Some(key) => {
+                if let Some(q) = ACCOUNT_QUOTAS.iter().find(|q| q.key == key) {
+                    let name = q.header.replace("-policy-policy-0", "-policy-Policy-0");
+                    shown.push((name, v.clone()));
+                }
+            }
             None => {
                 user.insert(k.clone(), v.clone());
             }
@@ -135,9 +180,11 @@ pub async fn check_upload(
         .account_meta(account)
         .await
         .map_err(object_error)?;
-    let bytes_quota = limit(&meta, &format!("{SYSMETA_PREFIX}quota-bytes"));
-    let count_quota = limit(&meta, &format!("{SYSMETA_PREFIX}quota-count"));
-    if bytes_quota.is_none() && count_quota.is_none() {
+    let limits: Vec<(&AccountQuota, u64)> = ACCOUNT_QUOTAS
+        .iter()
+        .filter_map(|q| limit(&meta, &format!("{SYSMETA_PREFIX}{}", q.key)).map(|l| (q, l)))
+        .collect();
+    if limits.is_empty() {
         return Ok(());
     }
     if let Some(token) = strata_api::auth_token(headers) {
@@ -147,16 +194,22 @@ pub async fn check_upload(
             }
         }
     }
+    // One storage policy: the account's usage is the policy's usage.
     let (_, count, bytes) = gw
         .objects
         .account_usage(account)
         .await
         .map_err(object_error)?;
-    if bytes_quota.is_some_and(|q| q < bytes.saturating_add(incoming))
-        || count_quota.is_some_and(|q| q < count + 1)
-    {
-        tracing::info!(account, "upload refused: account quota");
-        return Err(exceeded());
+    for (q, l) in limits {
+        let over = if q.key.starts_with("quota-bytes") {
+            l < bytes.saturating_add(incoming)
+        } else {
+            l < count + 1
+        };
+        if over {
+            tracing::info!(account, quota = q.key, "upload refused: account quota");
+            return Err(response::text(StatusCode::PAYLOAD_TOO_LARGE, q.refusal));
+        }
     }
     Ok(())
 }
