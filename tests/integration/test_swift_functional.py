@@ -143,10 +143,15 @@ def provision(node: Node, workdir: Path) -> Path:
     other = ks.role("anotherrole")
     test = ks.project("test", domain)
     test2 = ks.project("test2", domain)
-    pw = {k: "pw-" + secrets.token_urlsafe(12) for k in ("1", "2", "3")}
+    pw = {k: "pw-" + secrets.token_urlsafe(12) for k in ("1", "2", "3", "6")}
     ks.grant(test, ks.user("tester", pw["1"], domain, test), member)
     ks.grant(test2, ks.user("tester2", pw["2"], domain, test2), member)
     ks.grant(test, ks.user("tester3", pw["3"], domain, test), other)
+    # A reseller admin (Swift's `ResellerAdmin` role) for the account quota tests.
+    test6 = ks.project("test6", domain)
+    reseller = ks.user("tester6", pw["6"], domain, test6)
+    ks.grant(test6, reseller, member)
+    ks.grant(test6, reseller, ks.role("ResellerAdmin"))
     text = CONFIG_TEMPLATE.read_text()
     for key, value in {
         "@HOST@": node.bind,
@@ -154,6 +159,7 @@ def provision(node: Node, workdir: Path) -> Path:
         "@PASSWORD@": pw["1"],
         "@PASSWORD2@": pw["2"],
         "@PASSWORD3@": pw["3"],
+        "@PASSWORD6@": pw["6"],
     }.items():
         text = text.replace(key, value)
     cfg = workdir / "func_test.conf"
