@@ -133,8 +133,20 @@ class KeystoneAdmin:
         self._call("PUT", f"/projects/{project}/users/{user}/roles/{role}")
 
 
+# Configs of nodes already provisioned (a module's node serves several suite runs).
+_provisioned: dict[tuple[str, int], Path] = {}
+
+
 def provision(node: Node, workdir: Path) -> Path:
-    """Creates the suite's projects and users and writes its config; returns the config path."""
+    """Creates the suite's projects and users and writes its config; returns the config path.
+    A node is provisioned once; later calls return its config."""
+    key = (node.bind, node.ports.swift)
+    if key not in _provisioned:
+        _provisioned[key] = _provision(node, workdir)
+    return _provisioned[key]
+
+
+def _provision(node: Node, workdir: Path) -> Path:
     ks = KeystoneAdmin(node)
     domain = ks.domain_id()
     member = ks.role("member")
@@ -274,20 +286,29 @@ def swift_src() -> Path:
     return SWIFT_SRC
 
 
-@pytest.mark.timeout(SUITE_TIMEOUT + 120)
-def test_swift_functional_suite(swift_src, any_cluster_node, tmp_path):
-    node = any_cluster_node
-    node.wait_ready()
-    cfg = provision(node, tmp_path)
+def tempauth_config(cfg: Path, node: Node) -> Path:
+    """The same accounts through TempAuth (`auth_version = 1`, `<project>:<user>` users),
+    which is what runs the account ACL tests."""
+    text = cfg.read_text().replace("auth_version = 3", "auth_version = 1")
+    lines = [
+        f"auth_uri = {node.tempauth_url}" if line.startswith("auth_uri =") else line
+        for line in text.splitlines()
+    ]
+    out = cfg.with_name("func_test_tempauth.conf")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def check_suite(node: Node, cfg: Path, tmp_path: Path, label: str) -> None:
     files = suite_files(advertised(node))
-    report = tmp_path / "junit.xml"
-    log = tmp_path / "suite.log"
+    report = tmp_path / f"junit-{label}.xml"
+    log = tmp_path / f"suite-{label}.log"
     started = time.monotonic()
     run_suite(cfg, files, report, log)
     assert report.is_file(), f"the suite left no report; its output:\n{log.read_text()[-4000:]}"
     outcomes = read_report(report)
     per_file = summarize(outcomes)
-    print(f"\nSwift functional suite ({time.monotonic() - started:.0f}s, log {log}):")
+    print(f"\nSwift functional suite, {label} ({time.monotonic() - started:.0f}s, log {log}):")
     print(format_summary(per_file))
 
     failed = sorted(t for t, o in outcomes.items() if o == "failed")
@@ -299,6 +320,22 @@ def test_swift_functional_suite(swift_src, any_cluster_node, tmp_path):
     assert per_file, "the suite ran no tests"
     assert not in_full, "failures in fully passing files:\n  " + "\n  ".join(in_full)
     assert not unexpected, "unexpected failures:\n  " + "\n  ".join(unexpected)
+
+
+@pytest.mark.timeout(SUITE_TIMEOUT + 120)
+def test_swift_functional_suite(swift_src, any_cluster_node, tmp_path):
+    """Keystone v3 accounts, on one node and on node 1 of three."""
+    node = any_cluster_node
+    node.wait_ready()
+    check_suite(node, provision(node, tmp_path), tmp_path, "keystone-v3")
+
+
+@pytest.mark.timeout(SUITE_TIMEOUT + 120)
+def test_swift_functional_suite_tempauth(swift_src, single_node, tmp_path):
+    """The same accounts through TempAuth on one node: the account ACL tests run too."""
+    single_node.wait_ready()
+    cfg = provision(single_node, tmp_path)
+    check_suite(single_node, tempauth_config(cfg, single_node), tmp_path, "tempauth")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 // Handlers answer early with a ready response; boxing every one buys nothing here.
 #![allow(clippy::result_large_err)]
 
+mod account_acl;
 mod bulk;
 mod endpoint;
 mod listing;
@@ -172,9 +173,12 @@ async fn route(gw: &Arc<SwiftGateway>, req: Request) -> Response {
             };
             match authorize(gw, &headers, &account, None, need).await {
                 Err(resp) => return resp,
-                Ok(ctx) => account_request(gw, &method, &account, &headers, &query, ctx.as_ref())
-                    .await
-                    .map(|r| response::for_owner(r, is_owner(ctx.as_ref(), &account))),
+                Ok(ctx) => {
+                    let owner = swift_owner(gw, ctx.as_ref(), &account).await;
+                    account_request(gw, &method, &account, &headers, &query, ctx.as_ref())
+                        .await
+                        .map(|r| response::for_owner(r, owner))
+                }
             }
         }
         Endpoint::Container { account, container } => {
@@ -185,9 +189,18 @@ async fn route(gw: &Arc<SwiftGateway>, req: Request) -> Response {
             };
             match authorize(gw, &headers, &account, Some(&container), need).await {
                 Err(resp) => return resp,
-                Ok(ctx) => container_request(gw, &method, &account, &container, &headers, &query)
-                    .await
-                    .map(|r| response::for_owner(r, is_owner(ctx.as_ref(), &account))),
+                Ok(ctx) => {
+                    let owner = swift_owner(gw, ctx.as_ref(), &account).await;
+                    // Only owners change ACLs and temp URL keys; others' attempts are dropped.
+                    let headers = if owner {
+                        headers.clone()
+                    } else {
+                        response::without_owner_headers(&headers)
+                    };
+                    container_request(gw, &method, &account, &container, &headers, &query)
+                        .await
+                        .map(|r| response::for_owner(r, owner))
+                }
             }
         }
         Endpoint::Object {
@@ -358,7 +371,14 @@ fn acl_names(elem: &str, ctx: &AuthContext) -> bool {
             let u_ok = u == "*" || u == ctx.user_id || u == ctx.user_name;
             p_ok && u_ok
         }
-        None => !elem.starts_with('.') && ctx.has_role(elem),
+        // A bare name: a role (keystoneauth), or TempAuth's groups: the account's name
+        // for any of its users, `AUTH_<project>` for its operators.
+        None => {
+            !elem.starts_with('.')
+                && (ctx.has_role(elem)
+                    || (!ctx.project_name.is_empty() && elem == ctx.project_name)
+                    || (elem == format!("AUTH_{}", ctx.project_id) && is_owner(Some(ctx), elem)))
+        }
     }
 }
 
@@ -407,6 +427,12 @@ fn is_owner(ctx: Option<&AuthContext>, account: &str) -> bool {
     })
 }
 
+/// An owner of the account: its operators, a reseller admin, or an account ACL admin.
+async fn swift_owner(gw: &SwiftGateway, ctx: Option<&AuthContext>, account: &str) -> bool {
+    is_owner(ctx, account)
+        || account_acl::level(gw, ctx, account).await == account_acl::Level::Admin
+}
+
 /// Check the token, the caller's roles on the account and, for container and object
 /// requests by others, the container's ACLs. A valid temp URL decides alone.
 async fn authorize(
@@ -440,6 +466,15 @@ async fn authorize(
             Need::OwnerRead | Need::ListContainer | Need::ReadObject
         );
         if is_owner(Some(ctx), account) || (own && read && ctx.has_role("reader")) {
+            return Ok(ctx.clone().into());
+        }
+        let granted = match account_acl::level(gw, Some(ctx), account).await {
+            account_acl::Level::Admin => true,
+            account_acl::Level::ReadWrite => container.is_some() || read,
+            account_acl::Level::ReadOnly => read,
+            account_acl::Level::None => false,
+        };
+        if granted {
             return Ok(ctx.clone().into());
         }
     }
@@ -605,6 +640,8 @@ fn check_merged(
         merged.remove(c);
     }
     merged.extend(set.clone());
+    // System metadata (quotas, the account ACL) is not the user's to count.
+    merged.retain(|k, _| !k.starts_with(quota::SYSMETA_PREFIX));
     check_meta_totals(&merged)
 }
 
@@ -695,18 +732,25 @@ async fn account_request(
             Ok(listing::containers(headers, query, h, account, &entries))
         }
         Method::POST => {
+            let mut acl_change = None;
             if let Some(acl) = headers.get("x-account-access-control") {
                 if acl.len() > MAX_HEADER_BYTES {
                     return Err(bad_request("Header value too long"));
                 }
-                let valid = std::str::from_utf8(acl.as_bytes()).is_ok_and(valid_account_acl);
-                if !valid {
+                let Ok(acl) = std::str::from_utf8(acl.as_bytes()) else {
                     return Err(bad_request("Invalid X-Account-Access-Control"));
-                }
-                // Keystone accounts take no account ACLs: like Swift's keystoneauth, the
-                // header is dropped and the rest of the request goes on.
+                };
+                acl_change = Some(account_acl::parse(acl)?);
             }
             let (mut set, mut cleared) = meta_changes(headers, "account")?;
+            if let Some(stored) = acl_change {
+                let key = format!("{}{}", quota::SYSMETA_PREFIX, account_acl::KEY);
+                if stored.is_empty() {
+                    cleared.push(key);
+                } else {
+                    set.insert(key, stored);
+                }
+            }
             // The legacy quota header is a quota, not metadata.
             set.remove("quota-bytes");
             cleared.retain(|k| k != "quota-bytes");
@@ -725,23 +769,12 @@ async fn account_request(
     }
 }
 
-/// Swift's account ACL shape: a JSON object of `admin`/`read-write`/`read-only` to lists of strings.
-fn valid_account_acl(acl: &str) -> bool {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(acl) else {
-        return false;
-    };
-    map.iter().all(|(k, v)| {
-        matches!(k.as_str(), "admin" | "read-write" | "read-only")
-            && v.as_array()
-                .is_some_and(|a| a.iter().all(|x| x.is_string()))
-    })
-}
-
 /// Container headers stored besides metadata, settable by PUT/POST and removable with
 /// `X-Remove-<name without x->`.
-const CONTAINER_HEADERS: [&str; 4] = [
+const CONTAINER_HEADERS: [&str; 5] = [
     "x-container-read",
     "x-container-write",
+    "x-container-sync-key",
     versioning::VERSIONS_LOCATION,
     versioning::HISTORY_LOCATION,
 ];

@@ -101,7 +101,8 @@ pub fn account_changes(
     Ok((set, removed))
 }
 
-/// Account metadata split into user metadata and the quota headers to show.
+/// Account metadata split into user metadata and the system headers to show (quotas,
+/// and the account ACL, which answers drop for all but owners).
 pub fn split_account_meta(
     meta: &BTreeMap<String, String>,
 ) -> (BTreeMap<String, String>, Vec<(String, String)>) {
@@ -109,6 +110,9 @@ pub fn split_account_meta(
     let mut shown = Vec::new();
     for (k, v) in meta {
         match k.strip_prefix(SYSMETA_PREFIX) {
+            Some(crate::account_acl::KEY) => {
+                shown.push(("x-account-access-control".to_string(), v.clone()));
+            }
             Some(key) => {
                 if let Some(q) = ACCOUNT_QUOTAS.iter().find(|q| q.key == key) {
                     let name = q.header.replace("-policy-policy-0", "-policy-Policy-0");

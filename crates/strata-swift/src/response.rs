@@ -265,7 +265,8 @@ pub fn parse_ranges(header: &str, size: u64) -> RangeOutcome {
 }
 
 /// Headers only the account's owner sees (Swift's `swift_owner_headers`).
-const OWNER_HEADERS: [&str; 9] = [
+const OWNER_HEADERS: [&str; 10] = [
+    "x-account-access-control",
     "x-container-read",
     "x-container-write",
     "x-container-sync-key",
@@ -279,6 +280,16 @@ const OWNER_HEADERS: [&str; 9] = [
 
 /// An account or container answer as the caller may see it: without the owner's headers
 /// when the caller is not the owner.
+/// A request's headers without those only an owner may set.
+pub fn without_owner_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = h.clone();
+    for name in OWNER_HEADERS {
+        out.remove(name);
+        out.remove(format!("x-remove-{}", &name[2..]).as_str());
+    }
+    out
+}
+
 pub fn for_owner(mut resp: Response, owner: bool) -> Response {
     if !owner {
         for name in OWNER_HEADERS {
