@@ -130,10 +130,8 @@ def single_node(request, strata_bin, admin_password, tmp_path_factory):
         _cleanup(request, [node], failed_before)
 
 
-@pytest.fixture
-def cluster(request, strata_bin, admin_password, tmp_path):
-    """A fresh three-node cluster (replicas 3, write-quorum 2), started and ready."""
-    c = Cluster(binary=strata_bin, workdir=tmp_path, password=admin_password)
+def _running_cluster(request, c: Cluster):
+    """Starts `c`, yields it ready, and cleans up after (a fixture body)."""
     failed_before = None
     _activate(c.nodes)
     try:
@@ -143,6 +141,14 @@ def cluster(request, strata_bin, admin_password, tmp_path):
         yield c
     finally:
         _cleanup(request, c.nodes, failed_before)
+
+
+@pytest.fixture
+def cluster(request, strata_bin, admin_password, tmp_path):
+    """A fresh three-node cluster (replicas 3, write-quorum 2), started and ready."""
+    yield from _running_cluster(
+        request, Cluster(binary=strata_bin, workdir=tmp_path, password=admin_password)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -151,15 +157,7 @@ def module_cluster(request, strata_bin, admin_password, tmp_path_factory):
     c = Cluster(
         binary=strata_bin, workdir=tmp_path_factory.mktemp("three"), password=admin_password
     )
-    failed_before = None
-    _activate(c.nodes)
-    try:
-        c.start_all()
-        c.wait_ready()
-        failed_before = request.session.testsfailed
-        yield c
-    finally:
-        _cleanup(request, c.nodes, failed_before)
+    yield from _running_cluster(request, c)
 
 
 @pytest.fixture(scope="module", params=["single", "three-node"])
