@@ -44,13 +44,15 @@ if ((${#missing[@]})); then
 fi
 
 # --- Python clients and pytest ----------------------------------------------------------
-PY_PACKAGES=(python-swiftclient python-keystoneclient keystoneauth1 pytest pytest-timeout requests)
-PY_IMPORTS="import swiftclient, keystoneclient, keystoneauth1, pytest, pytest_timeout, requests"
+PY_PACKAGES=(python-swiftclient python-keystoneclient keystoneauth1 python-openstackclient pytest
+    pytest-timeout requests)
+PY_IMPORTS="import swiftclient, keystoneclient, keystoneauth1, openstackclient, pytest, pytest_timeout, requests"
 if [[ ! -x "$STRATA_VENV/bin/python" ]]; then
     log "creating virtualenv $STRATA_VENV"
     python3 -m venv "$STRATA_VENV"
 fi
-if ! "$STRATA_VENV/bin/python" -c "$PY_IMPORTS" >/dev/null 2>&1 || [[ ! -x "$STRATA_VENV/bin/swift" ]]; then
+if ! "$STRATA_VENV/bin/python" -c "$PY_IMPORTS" >/dev/null 2>&1 || [[ ! -x "$STRATA_VENV/bin/swift" ]] \
+    || [[ ! -x "$STRATA_VENV/bin/openstack" ]]; then
     log "installing Python packages into $STRATA_VENV"
     quiet "$STRATA_VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
     quiet "$STRATA_VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"

@@ -831,51 +831,109 @@ async fn list_grants(
     Ok(list_json(&id, "roles", items, &url))
 }
 
+/// Keystone's reading of a flag-like query parameter: present and not `0` (nor `false`).
+fn query_true(q: &HashMap<String, String>, key: &str) -> bool {
+    q.get(key)
+        .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// `{"id", "name", "domain": {"id", "name"}}` of a user or project, for `include_names`.
+async fn named_in_domain(
+    id: &Identity,
+    entity_id: &str,
+    name: Option<(String, String)>,
+) -> Result<Value, IdentityError> {
+    let mut v = json!({ "id": entity_id });
+    if let Some((name, domain_id)) = name {
+        v["name"] = json!(name);
+        let domain_name = id.store.domain(&domain_id).await?.map(|d| d.name);
+        v["domain"] = json!({"id": domain_id, "name": domain_name.unwrap_or_default()});
+    }
+    Ok(v)
+}
+
+/// `GET /v3/role_assignments`. Strata keeps only direct user grants on projects, so
+/// filters on groups, domains, the system or inheritance match nothing; `effective`
+/// adds the roles implied by each grant, with a `prior_role` link as Keystone does.
 async fn list_assignments(State(id): St, Query(q): Q, headers: HeaderMap) -> Res {
     require_admin(&id, &headers, "list_role_assignments").await?;
-    let names = q.contains_key("include_names");
-    let mut items = Vec::new();
+    let names = query_true(&q, "include_names");
+    let effective = query_true(&q, "effective");
     let project = q.get("scope.project.id").map(String::as_str);
+    if q.contains_key("include_subtree") && project.is_none() {
+        return Err(IdentityError::BadRequest(
+            "scope.project.id needs to be specified if include_subtree is also specified.".into(),
+        ));
+    }
+    if effective && q.contains_key("group.id") {
+        return Err(IdentityError::BadRequest(
+            "Combining effective and group filter will always result in an empty list.".into(),
+        ));
+    }
+    let none_match = ["group.id", "scope.domain.id", "scope.system"]
+        .iter()
+        .any(|k| q.contains_key(*k))
+        || q.contains_key("scope.OS-INHERIT:inherited_to");
+    let url = format!("{}/role_assignments", v3(&id));
+    if none_match {
+        return Ok(list_json(&id, "role_assignments", Vec::new(), &url));
+    }
+    let mut grants = Vec::new();
     for a in id.store.assignments(project).await? {
-        if q.get("user.id").is_some_and(|u| *u != a.user_id)
-            || q.get("role.id").is_some_and(|r| *r != a.role_id)
-        {
+        if q.get("user.id").is_some_and(|u| *u != a.user_id) {
             continue;
         }
-        let mut role = json!({"id": a.role_id});
-        let mut user = json!({"id": a.user_id});
-        let mut proj = json!({"id": a.project_id});
-        if names {
-            if let Some(r) = id.store.role(&a.role_id).await? {
-                role["name"] = json!(r.name);
-            }
-            if let Some(u) = id.store.user(&a.user_id).await? {
-                user["name"] = json!(u.name);
-                user["domain"] = json!({"id": u.domain_id});
-            }
-            if let Some(p) = id.store.project(&a.project_id).await? {
-                proj["name"] = json!(p.name);
-                proj["domain"] = json!({"id": p.domain_id});
+        let Some(role) = id.store.role(&a.role_id).await? else {
+            continue;
+        };
+        // (assignment, role it gives, role it was implied by)
+        let mut chain = vec![(role.clone(), None::<RoleRec>)];
+        if effective {
+            let mut prior = role;
+            'imply: loop {
+                for (holder, implied) in crate::IMPLIED_ROLES {
+                    if prior.name.eq_ignore_ascii_case(holder) {
+                        if let Some(r) = id.store.role_by_name(implied).await? {
+                            chain.push((r.clone(), Some(prior)));
+                            prior = r;
+                            continue 'imply;
+                        }
+                    }
+                }
+                break;
             }
         }
-        let link = format!(
-            "{}/projects/{}/users/{}/roles/{}",
-            v3(&id),
-            a.project_id,
-            a.user_id,
-            a.role_id
-        );
+        for (role, prior) in chain {
+            if q.get("role.id").is_some_and(|r| *r != role.id) {
+                continue;
+            }
+            grants.push((a.project_id.clone(), a.user_id.clone(), role, prior));
+        }
+    }
+    let mut items = Vec::new();
+    for (pid, uid, role, prior) in grants {
+        let mut role_v = json!({"id": role.id});
+        let (mut user_v, mut proj_v) = (json!({"id": uid}), json!({"id": pid}));
+        if names {
+            role_v["name"] = json!(role.name);
+            let u = id.store.user(&uid).await?.map(|u| (u.name, u.domain_id));
+            user_v = named_in_domain(&id, &uid, u).await?;
+            let p = id.store.project(&pid).await?.map(|p| (p.name, p.domain_id));
+            proj_v = named_in_domain(&id, &pid, p).await?;
+        }
+        let granted = prior.as_ref().map_or(&role.id, |p| &p.id);
+        let mut links = json!({
+            "assignment": format!("{}/projects/{pid}/users/{uid}/roles/{granted}", v3(&id)),
+        });
+        if let Some(p) = &prior {
+            links["prior_role"] = json!(format!("{}/roles/{}", v3(&id), p.id));
+        }
         items.push(json!({
-            "role": role,
-            "user": user,
-            "scope": {"project": proj},
-            "links": {"assignment": link},
+            "role": role_v,
+            "user": user_v,
+            "scope": {"project": proj_v},
+            "links": links,
         }));
     }
-    Ok(list_json(
-        &id,
-        "role_assignments",
-        items,
-        &format!("{}/role_assignments", v3(&id)),
-    ))
+    Ok(list_json(&id, "role_assignments", items, &url))
 }

@@ -32,7 +32,7 @@ pub const DEFAULT_TOKEN_TTL_SECS: i64 = 24 * 3600;
 pub const BOOTSTRAP_ROLES: [&str; 4] = ["admin", "member", "reader", "ResellerAdmin"];
 
 /// Role inference as Keystone's bootstrap sets it up: admin implies member implies reader.
-const IMPLIED_ROLES: [(&str, &str); 2] = [("admin", "member"), ("member", "reader")];
+pub(crate) const IMPLIED_ROLES: [(&str, &str); 2] = [("admin", "member"), ("member", "reader")];
 
 /// Errors of the identity service.
 #[derive(Debug, thiserror::Error)]

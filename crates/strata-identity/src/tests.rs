@@ -737,6 +737,66 @@ async fn admin_crud_and_role_assignments() {
     assert_eq!(ras.len(), 1);
     assert_eq!(ras[0]["scope"]["project"]["id"], pid);
     assert_eq!(ras[0]["role"]["name"], "member");
+    // Names come with their domain's name, as openstackclient's --names shows them.
+    assert_eq!(ras[0]["user"]["name"], "alice");
+    assert_eq!(ras[0]["user"]["domain"]["name"], "Default");
+    assert_eq!(ras[0]["scope"]["project"]["domain"]["id"], "default");
+    assert_eq!(ras[0]["scope"]["project"]["domain"]["name"], "Default");
+    assert!(ras[0]["links"].get("prior_role").is_none());
+    // Effective: member implies reader, linked to the grant that gave it.
+    let r = call(
+        &app,
+        req(
+            Method::GET,
+            &format!("/v3/role_assignments?user.id={uid}&effective&include_names=True"),
+            tok,
+            None,
+        ),
+    )
+    .await;
+    let ras = r.body["role_assignments"].as_array().unwrap();
+    let names: Vec<_> = ras.iter().map(|a| a["role"]["name"].clone()).collect();
+    assert_eq!(names, [json!("member"), json!("reader")]);
+    assert!(ras[1]["links"]["prior_role"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("/v3/roles/{member}")));
+    assert!(ras[1]["links"]["assignment"]
+        .as_str()
+        .unwrap()
+        .ends_with(&grant));
+    // include_names=0 is no names; grants Strata cannot hold match nothing.
+    for q in ["include_names=0", "scope.domain.id=default", "group.id=x"] {
+        let r = call(
+            &app,
+            req(
+                Method::GET,
+                &format!("/v3/role_assignments?user.id={uid}&{q}"),
+                tok,
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{q}");
+        let ras = r.body["role_assignments"].as_array().unwrap();
+        if q == "include_names=0" {
+            assert_eq!(ras.len(), 1);
+            assert!(ras[0]["role"].get("name").is_none());
+        } else {
+            assert!(ras.is_empty(), "{q}");
+        }
+    }
+    let r = call(
+        &app,
+        req(
+            Method::GET,
+            "/v3/role_assignments?include_subtree=true",
+            tok,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let r = call(
         &app,
         req(

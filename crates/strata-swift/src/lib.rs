@@ -362,8 +362,9 @@ fn parse_query(q: Option<&str>) -> BTreeMap<String, String> {
 }
 
 /// Whether a Swift ACL element names the caller (keystone form `project:user`, either part an
-/// id, a name or `*`; a bare element is a role name).
-fn acl_names(elem: &str, ctx: &AuthContext) -> bool {
+/// id, a name or `*`; a bare element is a role name, which counts only on the caller's own
+/// account, as keystoneauth checks the tenant before role ACLs).
+fn acl_names(elem: &str, ctx: &AuthContext, account: &str) -> bool {
     match elem.split_once(':') {
         Some((p, u)) => {
             let p_ok = p == "*"
@@ -371,11 +372,13 @@ fn acl_names(elem: &str, ctx: &AuthContext) -> bool {
             let u_ok = u == "*" || u == ctx.user_id || u == ctx.user_name;
             p_ok && u_ok
         }
-        // A bare name: a role (keystoneauth), or TempAuth's groups: the account's name
-        // for any of its users, `AUTH_<project>` for its operators.
+        // A bare name: a role on the caller's own project (keystoneauth), or TempAuth's
+        // groups: the account's name for any of its users, `AUTH_<project>` for its
+        // operators.
         None => {
+            let own = !ctx.project_id.is_empty() && account == format!("AUTH_{}", ctx.project_id);
             !elem.starts_with('.')
-                && (ctx.has_role(elem)
+                && ((own && ctx.has_role(elem))
                     || (!ctx.project_name.is_empty() && elem == ctx.project_name)
                     || (elem == format!("AUTH_{}", ctx.project_id) && is_owner(Some(ctx), elem)))
         }
@@ -491,7 +494,7 @@ async fn authorize(
                 ctx.as_ref().is_some_and(|ctx| {
                     acl.split(',')
                         .map(str::trim)
-                        .any(|e| !e.is_empty() && acl_names(e, ctx))
+                        .any(|e| !e.is_empty() && acl_names(e, ctx, account))
                 })
             };
             let referer = hget(headers, "referer");
