@@ -157,3 +157,66 @@ def test_slo_delete_removes_segments(accounts):
     r = call("DELETE", f"{c}/big?multipart-manifest=delete", tok, headers={"Accept": "application/json"})
     assert json.loads(r.text)["Number Deleted"] == 4
     assert call("GET", c, tok).status_code == 204
+
+
+def make_tar(files: dict[str, bytes], mode: str = "w", pax: dict[str, dict[str, str]] | None = None) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode, format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.pax_headers = (pax or {}).get(name, {})
+            tar.addfile(info, io.BytesIO(data))
+        d = tarfile.TarInfo("somedir")
+        d.type = tarfile.DIRTYPE
+        tar.addfile(d)
+    return buf.getvalue()
+
+
+def test_extract_archive(accounts):
+    url, tok = accounts["url"], accounts["user"]
+    c1, c2 = f"xa-{uuid.uuid4().hex[:6]}", f"xb-{uuid.uuid4().hex[:6]}"
+    big = bytes(range(256)) * 4096  # 1 MiB: handed over in pieces
+    files = {
+        f"{c1}/a.txt": b"alpha",
+        f"{c1}/dir/b.bin": big,
+        f"./{c2}/ünï.txt": "ünï".encode(),
+        "top-level-file": b"ignored",
+    }
+    pax = {f"{c1}/a.txt": {"SCHILY.xattr.user.meta.color": "blue",
+                           "SCHILY.xattr.user.mime_type": "text/x-strata"}}
+    r = call("PUT", f"{url}?extract-archive=tar.gz", tok, data=make_tar(files, "w:gz", pax),
+             headers={"Accept": "application/json", "X-Object-Meta-Batch": "7"})
+    assert r.status_code == 200
+    result = json.loads(r.text)
+    assert result["Response Status"] == "201 Created", result
+    assert result["Number Files Created"] == 3, result
+    assert result["Errors"] == []
+    got = call("GET", f"{url}/{c1}/a.txt", tok)
+    assert got.content == b"alpha"
+    assert got.headers["X-Object-Meta-Color"] == "blue"
+    assert got.headers["X-Object-Meta-Batch"] == "7"
+    assert got.headers["Content-Type"] == "text/x-strata"
+    assert call("GET", f"{url}/{c1}/dir/b.bin", tok).content == big
+    assert call("GET", f"{url}/{c2}/ünï.txt", tok).content == "ünï".encode()
+    # Into a named container and prefix, plain tar; bz2 too.
+    r = call("PUT", f"{url}/{c1}/sub?extract-archive=tar", tok, data=make_tar({"x/y.txt": b"y"}),
+             headers={"Accept": "application/json"})
+    assert json.loads(r.text)["Number Files Created"] == 1
+    assert call("GET", f"{url}/{c1}/sub/x/y.txt", tok).content == b"y"
+    r = call("PUT", f"{url}/{c2}?extract-archive=tar.bz2", tok, data=make_tar({"z": b"z"}, "w:bz2"))
+    assert "Number Files Created: 1" in r.text, r.text
+    # Not an archive: the body says so.
+    r = call("PUT", f"{url}?extract-archive=tar.gz", tok, data=b"not a tar at all" * 100,
+             headers={"Accept": "application/json"})
+    result = json.loads(r.text)
+    assert result["Response Status"] == "400 Bad Request", result
+    assert result["Response Body"].startswith("Invalid Tar File"), result
+    # Another account's containers are out of reach: the first refusal stops it.
+    other = accounts["url"].replace(accounts["url"].rsplit("/", 1)[1], "AUTH_nobody")
+    r = call("PUT", f"{other}?extract-archive=tar", tok, data=make_tar({"c/o": b"o"}),
+             headers={"Accept": "application/json"})
+    assert json.loads(r.text)["Number Files Created"] == 0

@@ -226,23 +226,49 @@ pub async fn delete_response(
     let Some(format) = out_type else {
         return response::text(StatusCode::NOT_ACCEPTABLE, "Not Acceptable");
     };
-    let format = format.to_string();
     let gw = gw.clone();
     let account = account.to_string();
+    let auth = caller_auth(headers);
+    let work = async move { run_deletes(&gw, &account, &auth, targets).await };
+    streamed_result(format, StatusCode::OK, "delete", work).await
+}
+
+/// The caller's token headers, for subrequests made on its behalf.
+fn caller_auth(headers: &HeaderMap) -> HeaderMap {
     let mut auth = HeaderMap::new();
     for name in ["x-auth-token", "x-storage-token"] {
         if let Some(v) = headers.get(name) {
             auth.insert(name, v.clone());
         }
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    auth
+}
+
+/// The outcome of a bulk operation: fields and (name, status) errors.
+pub type Outcome = (Vec<(String, Value)>, Vec<(String, String)>);
+
+/// Runs `work` and answers with its outcome as a `root` result body. The answer starts
+/// when the work is done or the first heartbeat is due (a space, or the XML
+/// declaration, every few seconds), so a quick request is complete by the time its
+/// status arrives.
+pub async fn streamed_result<F>(
+    format: &str,
+    status: StatusCode,
+    root: &'static str,
+    work: F,
+) -> Response
+where
+    F: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let format = format.to_string();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     let first = if format.ends_with("/xml") {
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
     } else {
         " "
     };
+    let body_format = format.clone();
     tokio::spawn(async move {
-        let work = run_deletes(&gw, &account, &auth, targets);
         tokio::pin!(work);
         let mut separator = "";
         let mut beat = first;
@@ -257,18 +283,15 @@ pub async fn delete_response(
             }
         };
         let mut out = separator.as_bytes().to_vec();
-        out.extend(result_body(&format, &fields, &errors, "delete"));
+        out.extend(result_body(&body_format, &fields, &errors, root));
         let _ = tx.send(Ok(bytes::Bytes::from(out))).await;
     });
-    // The answer starts when the work is done or the first heartbeat is due, so a
-    // quick request is complete by the time its status arrives.
-    let mut rx = rx;
     let first = rx.recv().await;
     let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
     let stream = futures::stream::iter(first).chain(rest);
     let mut h = HeaderMap::new();
-    response::put_str(&mut h, "content-type", out_type.unwrap_or("text/plain"));
-    response::with_body(StatusCode::OK, h, Body::from_stream(stream))
+    response::put_str(&mut h, "content-type", &format);
+    response::with_body(status, h, Body::from_stream(stream))
 }
 
 async fn run_deletes(
@@ -276,7 +299,7 @@ async fn run_deletes(
     account: &str,
     auth: &HeaderMap,
     targets: Vec<Target>,
-) -> (Vec<(String, Value)>, Vec<(String, String)>) {
+) -> Outcome {
     let mut deleted = 0u64;
     let mut not_found = 0u64;
     let mut failed: Vec<(String, String)> = Vec::new();

@@ -11,6 +11,7 @@
 mod account_acl;
 mod bulk;
 mod endpoint;
+mod extract;
 mod listing;
 mod quota;
 mod response;
@@ -139,6 +140,26 @@ async fn route(gw: &Arc<SwiftGateway>, req: Request) -> Response {
     let headers = parts.headers;
     if method == Method::OPTIONS {
         return preflight(gw, &ep, &headers).await;
+    }
+    if let (&Method::PUT, Some(kind)) = (
+        &method,
+        query
+            .get("extract-archive")
+            .and_then(|v| extract::compression(v)),
+    ) {
+        let target = match &ep {
+            Endpoint::Account { account } => Some((account, String::new())),
+            Endpoint::Container { account, container } => Some((account, container.clone())),
+            Endpoint::Object {
+                account,
+                container,
+                object,
+            } => Some((account, format!("{container}/{object}"))),
+            _ => None,
+        };
+        if let Some((account, base)) = target {
+            return extract::extract_archive(gw, account, &base, kind, &headers, body).await;
+        }
     }
     if query.contains_key("bulk-delete") && (method == Method::POST || method == Method::DELETE) {
         if let Endpoint::Account { account }
@@ -1916,6 +1937,24 @@ pub(crate) fn subrequest<'a>(
     caller: &HeaderMap,
     body: Body,
 ) -> futures::future::BoxFuture<'a, Response> {
+    let mut headers = HeaderMap::new();
+    for name in ["x-auth-token", "x-storage-token"] {
+        if let Some(v) = caller.get(name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    subrequest_with(gw, method, uri, headers, body)
+}
+
+/// A request the gateway makes to itself with exactly `headers` (the caller's token
+/// among them).
+pub(crate) fn subrequest_with<'a>(
+    gw: &'a Arc<SwiftGateway>,
+    method: Method,
+    uri: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> futures::future::BoxFuture<'a, Response> {
     let mut req = Request::new(body);
     *req.method_mut() = method;
     match uri.parse() {
@@ -1925,10 +1964,6 @@ pub(crate) fn subrequest<'a>(
             return Box::pin(async { fault(Fault::NotFound) });
         }
     }
-    for name in ["x-auth-token", "x-storage-token"] {
-        if let Some(v) = caller.get(name) {
-            req.headers_mut().insert(name, v.clone());
-        }
-    }
+    *req.headers_mut() = headers;
     Box::pin(route(gw, req))
 }

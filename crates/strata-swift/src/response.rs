@@ -331,6 +331,10 @@ pub fn info(method: &Method) -> Response {
         },
         "account_quotas": {},
         "container_quotas": {},
+        "bulk_upload": {
+            "max_containers_per_extraction": crate::extract::MAX_CONTAINERS_PER_EXTRACTION,
+            "max_failed_extractions": crate::extract::MAX_FAILED_EXTRACTIONS,
+        },
         "bulk_delete": {
             "max_deletes_per_request": crate::bulk::MAX_DELETES_PER_REQUEST,
             "max_failed_deletes": crate::bulk::MAX_FAILED_DELETES,
