@@ -79,16 +79,22 @@ def admin_password() -> str:
     return "pw-" + secrets.token_urlsafe(18)
 
 
-@pytest.fixture(scope="session")
-def swift_cli() -> Path:
-    """The `swift` command of python-swiftclient, from the venv that runs these tests."""
+def venv_command(name: str) -> Path:
+    """A command installed in the venv that runs these tests (STRATA_VENV, or this
+    interpreter's); the test fails when it is not there."""
     venv = os.environ.get("STRATA_VENV")
-    candidates = [Path(venv) / "bin" / "swift"] if venv else []
-    candidates.append(Path(sys.executable).parent / "swift")
+    candidates = [Path(venv) / "bin" / name] if venv else []
+    candidates.append(Path(sys.executable).parent / name)
     for c in candidates:
         if c.is_file() and os.access(c, os.X_OK):
             return c
-    pytest.fail(f"swift CLI not found (looked at {', '.join(map(str, candidates))})")
+    pytest.fail(f"{name} not found (looked at {', '.join(map(str, candidates))})")
+
+
+@pytest.fixture(scope="session")
+def swift_cli() -> Path:
+    """The `swift` command of python-swiftclient, from the venv that runs these tests."""
+    return venv_command("swift")
 
 
 def _cleanup(request, nodes: list[Node], failed_before: int | None) -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 import requests
 from swiftclient.client import Connection
 
+from conftest import venv_command
 from harness import ADMIN_DOMAIN, ADMIN_PROJECT, ADMIN_USER, Node
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -35,13 +35,7 @@ def unique(prefix: str) -> str:
 @pytest.fixture(scope="module")
 def openstack_cli() -> Path:
     """The `openstack` command of python-openstackclient, from the venv that runs these tests."""
-    venv = os.environ.get("STRATA_VENV")
-    candidates = [Path(venv) / "bin" / "openstack"] if venv else []
-    candidates.append(Path(sys.executable).parent / "openstack")
-    for c in candidates:
-        if c.is_file() and os.access(c, os.X_OK):
-            return c
-    pytest.fail(f"openstack CLI not found (looked at {', '.join(map(str, candidates))})")
+    return venv_command("openstack")
 
 
 def cli_env() -> dict[str, str]:
