@@ -94,6 +94,13 @@ if ((built)) && [[ -x "$STRATA_BIN" ]]; then
     # tests/.work is ignored by git and cleared by pytest at the start of each run; node logs
     # and configs of the last run stay there for a look after a failure.
     mkdir -p "$ROOT/tests/.work"
+    # Every node preallocates its disk files (1 GiB each in the tests) and up to seven nodes
+    # run at once: say so up front when the disk cannot hold them.
+    free_kib=$(df -Pk "$ROOT/tests/.work" | awk 'NR == 2 { print $4 }')
+    if ((free_kib < 10 * 1024 * 1024)); then
+        echo "WARNING: only $((free_kib / 1024)) MiB free under tests/.work; the integration" \
+            "tests need about 10 GiB and will fail with ENOSPC below that"
+    fi
     # shellcheck disable=SC2086
     stage "integration tests" env STRATA_BIN="$STRATA_BIN" \
         "$STRATA_VENV/bin/python" -m pytest -v tests/integration \

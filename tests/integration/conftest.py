@@ -97,15 +97,17 @@ def swift_cli() -> Path:
     return venv_command("swift")
 
 
-def _cleanup(request, nodes: list[Node], failed_before: int | None) -> None:
-    """Kills the nodes; drops their data-dirs when they started fine and no test failed
-    meanwhile (`failed_before` is None when the start failed). Configs and logs stay."""
+def _cleanup(nodes: list[Node]) -> None:
+    """Kills the nodes, then drops their data-dirs: every disk file is preallocated to its
+    full capacity, so kept data-dirs would fill the machine's disk within a failing run.
+    Configs and logs stay (logs also go into failure reports); STRATA_KEEP_DATA=1 keeps the
+    data-dirs too, for a post-mortem."""
     try:
         for n in nodes:
             n.kill9()
     finally:
         _deactivate(nodes)
-    if failed_before is not None and request.session.testsfailed == failed_before:
+    if os.environ.get("STRATA_KEEP_DATA") != "1":
         for n in nodes:
             n.remove_data()
 
@@ -125,28 +127,24 @@ def single_node(request, strata_bin, admin_password, tmp_path_factory):
         bind="127.0.0.1",
         password=admin_password,
     )
-    failed_before = None
     _activate([node])
     try:
         node.start()
         node.wait_ready()
-        failed_before = request.session.testsfailed
         yield node
     finally:
-        _cleanup(request, [node], failed_before)
+        _cleanup([node])
 
 
 def _running_cluster(request, c: Cluster):
     """Starts `c`, yields it ready, and cleans up after (a fixture body)."""
-    failed_before = None
     _activate(c.nodes)
     try:
         c.start_all()
         c.wait_ready()
-        failed_before = request.session.testsfailed
         yield c
     finally:
-        _cleanup(request, c.nodes, failed_before)
+        _cleanup(c.nodes)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import collections
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -360,4 +361,5 @@ if __name__ == "__main__":
         pass
     finally:
         node.kill9()
+        shutil.rmtree(work, ignore_errors=True)
     sys.exit(0)
