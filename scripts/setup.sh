@@ -43,6 +43,33 @@ if ((${#missing[@]})); then
     quiet $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# --- QEMU system emulator and the test guest ---------------------------------------------
+# tests/integration/test_qemu_guest.py boots a QEMU guest from a volume. Bookworm's own
+# qemu-system-x86 (7.2) cannot sit next to the qemu-utils 10.0 of bookworm-backports, so it
+# comes from bookworm-backports too.
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+    BACKPORTS_SOURCES=/etc/apt/sources.list.d/strata-backports.sources
+    if [[ ! -f "$BACKPORTS_SOURCES" ]]; then
+        log "adding bookworm-backports to apt ($BACKPORTS_SOURCES)"
+        printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" \
+            "Suites: bookworm-backports" "Components: main" \
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" |
+            $SUDO tee "$BACKPORTS_SOURCES" >/dev/null
+    fi
+    log "installing qemu-system-x86 from bookworm-backports"
+    quiet $SUDO apt-get update -qq
+    quiet $SUDO apt-get install -y -qq -t bookworm-backports --no-install-recommends qemu-system-x86
+fi
+# The guest's kernel and busybox initramfs, built from Debian packages (apt-get download,
+# dpkg-deb) into a cache keyed by package versions; a no-op once they are there.
+GUEST_CACHE="${STRATA_GUEST_CACHE:-$HOME/.cache/strata-guest}"
+if [[ ! -d "$GUEST_CACHE" ]]; then
+    log "building the QEMU test guest into $GUEST_CACHE"
+fi
+quiet python3 "$(dirname "${BASH_SOURCE[0]}")/../tests/integration/guest.py" build
+
 # --- Python clients and pytest ----------------------------------------------------------
 PY_PACKAGES=(python-swiftclient python-keystoneclient keystoneauth1 python-openstackclient pytest
     pytest-timeout requests)
