@@ -94,10 +94,12 @@ class Ports:
     swift: int
     rpc: int
     nbd: int
+    cinder: int
+    compute: int
 
     @classmethod
     def allocate(cls, host: str) -> "Ports":
-        return cls(*free_ports(host, 4))
+        return cls(*free_ports(host, 6))
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,6 +151,8 @@ def render_config(
         f"swift = {ports.swift}",
         f"rpc = {ports.rpc}",
         f"nbd = {ports.nbd}",
+        f"cinder = {ports.cinder}",
+        f"compute = {ports.compute}",
         "",
         "[[disks]]",
         'path = "disk0"',
@@ -257,6 +261,14 @@ class Node:
     @property
     def keystone_url(self) -> str:
         return f"http://{self.bind}:{self.ports.keystone}/v3"
+
+    @property
+    def cinder_url(self) -> str:
+        return f"http://{self.bind}:{self.ports.cinder}"
+
+    @property
+    def compute_url(self) -> str:
+        return f"http://{self.bind}:{self.ports.compute}"
 
     def nbd_url(self, export: str) -> str:
         return f"nbd://{self.bind}:{self.ports.nbd}/{export}"

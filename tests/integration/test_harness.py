@@ -3,6 +3,7 @@ strata binary and run in seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 import time
@@ -16,7 +17,7 @@ from harness import CLUSTER_ADDRS, DISK_BYTES, Cluster, Node, NodeError, free_po
 # The keys `strata serve --config` accepts (it refuses unknown ones).
 TOP_KEYS = {"node-id", "zone", "data-dir", "bind", "public-host", "ports", "admin-password",
             "disks", "cluster"}  # fmt: skip
-PORT_KEYS = {"keystone", "swift", "rpc", "nbd"}
+PORT_KEYS = {"keystone", "swift", "rpc", "nbd", "cinder", "compute"}
 DISK_KEYS = {"path", "device", "capacity-bytes", "weight"}
 CLUSTER_KEYS = {"replicas", "write-quorum", "part-power", "nodes"}
 MEMBER_KEYS = {"id", "rpc", "zone", "disks", "weight"}
@@ -42,9 +43,7 @@ def test_cluster_configs(tmp_path):
     c = Cluster(binary=Path("/nonexistent/strata"), workdir=tmp_path, password="pw")
     configs = [tomllib.loads(n.config_path.read_text()) for n in c.nodes]
 
-    all_ports = [
-        p for n in c.nodes for p in (n.ports.keystone, n.ports.swift, n.ports.rpc, n.ports.nbd)
-    ]
+    all_ports = [p for n in c.nodes for p in dataclasses.astuple(n.ports)]
     assert len(set(all_ports)) == len(all_ports)
 
     for i, (node, cfg) in enumerate(zip(c.nodes, configs), start=1):
@@ -61,6 +60,8 @@ def test_cluster_configs(tmp_path):
             "swift": node.ports.swift,
             "rpc": node.ports.rpc,
             "nbd": node.ports.nbd,
+            "cinder": node.ports.cinder,
+            "compute": node.ports.compute,
         }
         [disk] = cfg["disks"]
         assert set(disk) <= DISK_KEYS

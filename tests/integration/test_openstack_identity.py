@@ -10,94 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import subprocess
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import requests
 from swiftclient.client import Connection
 
-from conftest import venv_command
-from harness import ADMIN_DOMAIN, ADMIN_PROJECT, ADMIN_USER, Node
+from harness import ADMIN_DOMAIN, ADMIN_PROJECT, ADMIN_USER
+from osc import Cred, Osc, openstack_cli, unique  # noqa: F401 (openstack_cli: a fixture)
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 DEFAULT_DOMAIN_ID = "default"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="module")
-def openstack_cli() -> Path:
-    """The `openstack` command of python-openstackclient, from the venv that runs these tests."""
-    return venv_command("openstack")
-
-
-def cli_env() -> dict[str, str]:
-    # Only the command line chooses the credentials: no OS_* settings (nor clouds.yaml
-    # chosen through them) from outside.
-    return {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "ST_"))}
-
-
-@dataclass
-class Cred:
-    user: str
-    password: str
-    project: str
-
-
-class Osc:
-    """Runs `openstack` against one node as one user."""
-
-    def __init__(self, cli: Path, node: Node, cred: Cred, cwd: Path):
-        self.cli, self.node, self.cred, self.cwd = cli, node, cred, cwd
-
-    def args(self) -> list[str]:
-        return [
-            "--os-auth-url", self.node.keystone_url,
-            "--os-identity-api-version", "3",
-            "--os-username", self.cred.user,
-            "--os-password", self.cred.password,
-            "--os-project-name", self.cred.project,
-            "--os-user-domain-name", ADMIN_DOMAIN,
-            "--os-project-domain-name", ADMIN_DOMAIN,
-            "--os-interface", "public",
-        ]  # fmt: skip
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = [str(self.cli), *self.args(), *args]
-        p = subprocess.run(
-            cmd,
-            cwd=self.cwd,
-            env=cli_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check and p.returncode != 0:
-            secrets = {self.cred.password, self.node.password}
-            shown = " ".join("***" if a in secrets else a for a in cmd)
-            pytest.fail(
-                f"`{shown}` exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}",
-                pytrace=False,
-            )
-        return p
-
-    def __call__(self, *args: str) -> str:
-        return self.run(*args).stdout
-
-    def json(self, *args: str):
-        out = self(*args, "-f", "json")
-        try:
-            return json.loads(out)
-        except json.JSONDecodeError:
-            pytest.fail(f"`openstack {' '.join(args)} -f json` printed no JSON:\n{out}")
 
 
 @dataclass

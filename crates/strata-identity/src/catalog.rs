@@ -13,10 +13,11 @@ pub struct CatalogConfig {
     pub object_store_url: String,
     /// `http://H:8776`
     pub volume_url: String,
-    /// `http://H:8774`
-    pub compute_url: String,
-    /// `http://H:9292`
-    pub image_url: String,
+    /// `http://H:8774`, once the node serves the compute API (a catalog entry whose
+    /// endpoint does not answer version discovery breaks clients that merely touch it).
+    pub compute_url: Option<String>,
+    /// `http://H:9292`, once the node serves the image API.
+    pub image_url: Option<String>,
 }
 
 /// A stable 32 hex digit id, the same on every node.
@@ -47,7 +48,7 @@ impl CatalogConfig {
     /// `(type, name, url)` of every service, for a token scoped to `project_id`.
     pub fn services(&self, project_id: &str) -> Vec<(&'static str, &'static str, String)> {
         let volume = base(&self.volume_url);
-        vec![
+        let mut out = vec![
             ("identity", "keystone", self.identity_v3()),
             ("object-store", "swift", self.storage_url(project_id)),
             ("volumev2", "cinderv2", format!("{volume}/v2/{project_id}")),
@@ -57,13 +58,14 @@ impl CatalogConfig {
                 "cinder",
                 format!("{volume}/v3/{project_id}"),
             ),
-            (
-                "compute",
-                "nova",
-                format!("{}/v2.1", base(&self.compute_url)),
-            ),
-            ("image", "glance", base(&self.image_url).to_string()),
-        ]
+        ];
+        if let Some(url) = &self.compute_url {
+            out.push(("compute", "nova", format!("{}/v2.1", base(url))));
+        }
+        if let Some(url) = &self.image_url {
+            out.push(("image", "glance", base(url).to_string()));
+        }
+        out
     }
 
     /// The Keystone v3 catalog for a token scoped to `project_id`.
@@ -106,9 +108,27 @@ mod tests {
             identity_url: "http://h:5000/".into(),
             object_store_url: "http://h:8080".into(),
             volume_url: "http://h:8776".into(),
-            compute_url: "http://h:8774".into(),
-            image_url: "http://h:9292".into(),
+            compute_url: Some("http://h:8774".into()),
+            image_url: Some("http://h:9292".into()),
         }
+    }
+
+    #[test]
+    fn services_not_served_stay_out_of_the_catalog() {
+        let mut c = cfg();
+        c.compute_url = None;
+        c.image_url = None;
+        let types: Vec<&str> = c.services("p1").iter().map(|s| s.0).collect();
+        assert_eq!(
+            types,
+            [
+                "identity",
+                "object-store",
+                "volumev2",
+                "volumev3",
+                "block-storage"
+            ]
+        );
     }
 
     #[test]

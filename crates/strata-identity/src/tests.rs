@@ -15,8 +15,8 @@ fn cfg() -> CatalogConfig {
         identity_url: "http://10.0.0.1:5000".into(),
         object_store_url: "http://10.0.0.1:8080".into(),
         volume_url: "http://10.0.0.1:8776".into(),
-        compute_url: "http://10.0.0.1:8774".into(),
-        image_url: "http://10.0.0.1:9292".into(),
+        compute_url: Some("http://10.0.0.1:8774".into()),
+        image_url: Some("http://10.0.0.1:9292".into()),
     }
 }
 

@@ -1,26 +1,35 @@
 //! Block volumes on the replicated core: a volume is a sequence of 4 MiB extents, each
-//! placed by the ring (placement key `vol/<id>/<extent>`) and written to every replica.
-//! Volume records live in the meta group (table `block.volumes`).
+//! placed by the ring (placement key `vol/<layer>/<extent>`) and written to every replica.
+//! Volume and snapshot records live in the meta group (see [`records`]).
 //!
-//! Owns block semantics: extents, thin provisioning (unwritten blocks are holes that read as
-//! zeroes), write fan-out and read fallback. It must not know wire protocols: it implements
-//! `strata_nbd::BlockTarget`, which the NBD server (and later vhost-user) drive.
+//! Owns block semantics: extents, layers (snapshots and copy-on-write clones), thin
+//! provisioning (unwritten blocks are holes that read as zeroes), write fan-out and read
+//! fallback. It must not know wire protocols: it implements `strata_nbd::BlockTarget`,
+//! which the NBD server and the vhost-user-blk backend drive.
 //!
-//! This version writes every block to all replicas of its extent and fails a write that any
-//! replica refused; the in-sync set, resync, snapshots and clones described in
+//! A write goes to every replica of its extent and is acknowledged once all of them made it
+//! durable; one that any replica refuses fails. The in-sync set and resync described in
 //! `docs/architecture.md` are not built yet.
+
+pub mod gc;
+pub mod records;
+pub mod registry;
+
+pub use records::{
+    create, get_local, list_local, SnapshotSpec, VolumeSpec, GARBAGE_TABLE, SNAPSHOTS_TABLE,
+    VOLUMES_TABLE,
+};
+pub use registry::Registry;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{join_all, BoxFuture, FutureExt};
-use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use strata_data::{DataError, DataPlane, Replica};
 use strata_disk::{BLOCKS_PER_WRITE_MAX, BLOCK_BYTES};
-use strata_meta::{Check, MetaError, MetaStore, Op, Txn};
+use strata_meta::MetaError;
 use strata_nbd::{BlockSizes, BlockTarget, Extent, NbdError, NbdResult};
 
-/// Meta table of volume records, keyed by name.
-pub const VOLUMES_TABLE: &str = "block.volumes";
 /// Bytes of one extent: the unit of placement.
 pub const EXTENT_BYTES: u64 = 4 << 20;
 const BLOCK: u64 = BLOCK_BYTES as u64;
@@ -38,71 +47,17 @@ pub enum VolumeError {
     Meta(#[from] MetaError),
     #[error("stored volume record is unreadable: {0}")]
     Codec(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
-/// A volume record in the meta group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeSpec {
-    /// Random id; block keys use it, so a volume re-created under an old name starts empty.
-    pub id: u64,
-    pub name: String,
-    pub size_bytes: u64,
-}
-
-/// Create a volume record. Sizes are whole 4 KiB blocks.
-pub async fn create(
-    meta: &dyn MetaStore,
-    name: &str,
-    size_bytes: u64,
-) -> Result<VolumeSpec, VolumeError> {
-    if name.is_empty() || name.len() > 255 || name.contains(['\0', '/']) {
-        return Err(VolumeError::Invalid(format!("bad volume name {name:?}")));
-    }
-    if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK) {
-        return Err(VolumeError::Invalid(format!(
-            "size {size_bytes} is not a positive multiple of 4096"
-        )));
-    }
-    let spec = VolumeSpec {
-        id: rand::random::<u64>() >> 1,
-        name: name.into(),
-        size_bytes,
-    };
-    let value = serde_json::to_vec(&spec).map_err(|e| VolumeError::Codec(e.to_string()))?;
-    let txn = Txn {
-        checks: vec![Check::Absent {
-            table: VOLUMES_TABLE.into(),
-            key: name.into(),
-        }],
-        ops: vec![Op::Put {
-            table: VOLUMES_TABLE.into(),
-            key: name.into(),
-            value,
-        }],
-    };
-    if !meta.write(txn).await?.succeeded {
-        return Err(VolumeError::Exists(name.into()));
-    }
-    Ok(spec)
-}
-
-/// Every volume record, as this node has applied them.
-pub fn list_local(meta: &dyn MetaStore) -> Vec<VolumeSpec> {
-    meta.scan_local(VOLUMES_TABLE, "", None, usize::MAX)
-        .into_iter()
-        .filter_map(|(k, v)| match serde_json::from_slice(&v) {
-            Ok(spec) => Some(spec),
-            Err(e) => {
-                tracing::error!(volume = %k, error = %e, "unreadable volume record");
-                None
-            }
-        })
-        .collect()
-}
-
-/// One volume, served by this node.
+/// One volume, served by this node. Its record can change under it (a snapshot gives it a
+/// new writable layer, an extend a new size): [`Volume::update`] swaps it in once the I/O in
+/// flight on this node has finished, so no write acknowledged after a snapshot was taken
+/// here lands in the snapshot's layer.
 pub struct Volume {
-    spec: VolumeSpec,
+    spec: tokio::sync::RwLock<VolumeSpec>,
+    size_bytes: AtomicU64,
     data: Arc<DataPlane>,
 }
 
@@ -143,40 +98,52 @@ fn io_err(e: DataError) -> NbdError {
     NbdError::Io(e.to_string())
 }
 
+fn check_range(size_bytes: u64, offset: u64, len: u64) -> NbdResult<()> {
+    if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
+        return Err(NbdError::InvalidArgument(format!(
+            "{len} bytes at {offset}: not 4 KiB aligned"
+        )));
+    }
+    match offset.checked_add(len) {
+        Some(end) if end <= size_bytes => Ok(()),
+        _ => Err(NbdError::InvalidArgument(format!(
+            "{len} bytes at {offset}: past the end"
+        ))),
+    }
+}
+
 impl Volume {
     pub fn new(spec: VolumeSpec, data: Arc<DataPlane>) -> Arc<Self> {
-        Arc::new(Volume { spec, data })
+        Arc::new(Volume {
+            size_bytes: AtomicU64::new(spec.size_bytes),
+            spec: tokio::sync::RwLock::new(spec),
+            data,
+        })
     }
 
-    pub fn spec(&self) -> &VolumeSpec {
-        &self.spec
+    /// The record this volume serves now.
+    pub async fn spec(&self) -> VolumeSpec {
+        self.spec.read().await.clone()
     }
 
-    fn replicas(&self, extent: u64) -> NbdResult<Vec<Replica>> {
-        let key = format!("vol/{}/{extent}", self.spec.id);
+    /// Serve a changed record of the same volume; waits for the I/O in flight.
+    pub async fn update(&self, spec: VolumeSpec) {
+        let mut g = self.spec.write().await;
+        self.size_bytes.store(spec.size_bytes, Ordering::Release);
+        *g = spec;
+    }
+
+    fn replicas(&self, layer: u64, extent: u64) -> NbdResult<Vec<Replica>> {
+        let key = format!("vol/{layer}/{extent}");
         self.data.placement(key.as_bytes()).map_err(io_err)
     }
 
-    fn check(&self, offset: u64, len: u64) -> NbdResult<()> {
-        if !offset.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
-            return Err(NbdError::InvalidArgument(format!(
-                "{len} bytes at {offset}: not 4 KiB aligned"
-            )));
-        }
-        match offset.checked_add(len) {
-            Some(end) if end <= self.spec.size_bytes => Ok(()),
-            _ => Err(NbdError::InvalidArgument(format!(
-                "{len} bytes at {offset}: past the end"
-            ))),
-        }
-    }
-
-    /// Write one piece to every replica of its extent.
-    async fn write_piece(&self, p: Piece, data: Bytes) -> NbdResult<()> {
-        let replicas = self.replicas(p.extent)?;
+    /// Write one piece of a layer to every replica of its extent.
+    async fn write_piece(&self, layer: u64, p: Piece, data: Bytes) -> NbdResult<()> {
+        let replicas = self.replicas(layer, p.extent)?;
         let results = join_all(replicas.iter().map(|r| {
             self.data
-                .replica_write_blocks(*r, self.spec.id, p.first_block, data.clone())
+                .replica_write_blocks(*r, layer, p.first_block, data.clone())
         }))
         .await;
         for r in results {
@@ -185,13 +152,13 @@ impl Volume {
         Ok(())
     }
 
-    /// Read one piece from the first replica that answers with verified blocks.
-    async fn read_piece(&self, p: Piece) -> NbdResult<strata_disk::BlockRead> {
+    /// Read one piece of one layer from the first replica that answers with verified blocks.
+    async fn read_layer(&self, layer: u64, p: Piece) -> NbdResult<strata_disk::BlockRead> {
         let mut last = NbdError::Io("no replica".into());
-        for r in self.replicas(p.extent)? {
+        for r in self.replicas(layer, p.extent)? {
             match self
                 .data
-                .replica_read_blocks(r, self.spec.id, p.first_block, p.blocks)
+                .replica_read_blocks(r, layer, p.first_block, p.blocks)
                 .await
             {
                 Ok(read) => return Ok(read),
@@ -201,16 +168,59 @@ impl Volume {
         Err(last)
     }
 
-    async fn trim_range(&self, offset: u64, len: u64) -> NbdResult<()> {
+    /// Read one piece through the layers: each block comes from the newest layer that holds
+    /// it; a block no layer holds is a hole.
+    async fn read_piece(&self, spec: &VolumeSpec, p: Piece) -> NbdResult<strata_disk::BlockRead> {
+        let mut layers = spec.layers_newest_first();
+        let top = layers.next().unwrap_or(spec.id);
+        let mut out = self.read_layer(top, p).await?;
+        for layer in layers {
+            if out.present.iter().all(|&b| b) {
+                break;
+            }
+            // Ask the lower layer only for the span of blocks still missing.
+            let first = out.present.iter().position(|&b| !b).unwrap_or(0) as u64;
+            let last = out.present.iter().rposition(|&b| !b).unwrap_or(0) as u64;
+            let sub = Piece {
+                extent: p.extent,
+                first_block: p.first_block + first,
+                blocks: last - first + 1,
+                at: 0,
+            };
+            let lower = self.read_layer(layer, sub).await?;
+            let mut data = BytesMut::from(&out.data[..]);
+            for (i, &present) in lower.present.iter().enumerate() {
+                let at = first as usize + i;
+                if present && !out.present[at] {
+                    let dst = at * BLOCK as usize;
+                    let src = i * BLOCK as usize;
+                    data[dst..dst + BLOCK as usize]
+                        .copy_from_slice(&lower.data[src..src + BLOCK as usize]);
+                    out.present[at] = true;
+                }
+            }
+            out.data = data.freeze();
+        }
+        Ok(out)
+    }
+
+    /// Make a range read as zeroes. With no lower layer that is a trim (the blocks become
+    /// holes); over lower layers the zeroes are written, or the older data would show through.
+    async fn zero_range(&self, spec: &VolumeSpec, offset: u64, len: u64) -> NbdResult<()> {
         for p in pieces(offset, len) {
-            let replicas = self.replicas(p.extent)?;
-            let results = join_all(replicas.iter().map(|r| {
-                self.data
-                    .replica_trim_blocks(*r, self.spec.id, p.first_block, p.blocks)
-            }))
-            .await;
-            for r in results {
-                r.map_err(io_err)?;
+            if spec.parents.is_empty() {
+                let replicas = self.replicas(spec.id, p.extent)?;
+                let results = join_all(replicas.iter().map(|r| {
+                    self.data
+                        .replica_trim_blocks(*r, spec.id, p.first_block, p.blocks)
+                }))
+                .await;
+                for r in results {
+                    r.map_err(io_err)?;
+                }
+            } else {
+                let zeroes = Bytes::from(vec![0u8; (p.blocks * BLOCK) as usize]);
+                self.write_piece(spec.id, p, zeroes).await?;
             }
         }
         Ok(())
@@ -219,7 +229,7 @@ impl Volume {
 
 impl BlockTarget for Volume {
     fn size_bytes(&self) -> u64 {
-        self.spec.size_bytes
+        self.size_bytes.load(Ordering::Acquire)
     }
 
     fn block_sizes(&self) -> BlockSizes {
@@ -236,18 +246,20 @@ impl BlockTarget for Volume {
     }
 
     fn description(&self) -> Option<String> {
+        let spec = self.spec.try_read().ok()?;
         Some(format!(
             "strata volume {} ({} bytes)",
-            self.spec.name, self.spec.size_bytes
+            spec.name, spec.size_bytes
         ))
     }
 
     fn read(&self, offset: u64, len: usize) -> BoxFuture<'_, NbdResult<Bytes>> {
         async move {
-            self.check(offset, len as u64)?;
+            let spec = self.spec.read().await;
+            check_range(spec.size_bytes, offset, len as u64)?;
             let mut out = BytesMut::with_capacity(len);
             for p in pieces(offset, len as u64) {
-                let read = self.read_piece(p).await?;
+                let read = self.read_piece(&spec, p).await?;
                 out.extend_from_slice(&read.data);
             }
             Ok(out.freeze())
@@ -258,10 +270,11 @@ impl BlockTarget for Volume {
     fn write(&self, offset: u64, data: Bytes, _fua: bool) -> BoxFuture<'_, NbdResult<()>> {
         // Every write is durable on every replica before it returns, so FUA costs nothing more.
         async move {
-            self.check(offset, data.len() as u64)?;
+            let spec = self.spec.read().await;
+            check_range(spec.size_bytes, offset, data.len() as u64)?;
             for p in pieces(offset, data.len() as u64) {
                 let bytes = data.slice(p.at..p.at + (p.blocks * BLOCK) as usize);
-                self.write_piece(p, bytes).await?;
+                self.write_piece(spec.id, p, bytes).await?;
             }
             Ok(())
         }
@@ -275,8 +288,9 @@ impl BlockTarget for Volume {
 
     fn trim(&self, offset: u64, len: u64, _fua: bool) -> BoxFuture<'_, NbdResult<()>> {
         async move {
-            self.check(offset, len)?;
-            self.trim_range(offset, len).await
+            let spec = self.spec.read().await;
+            check_range(spec.size_bytes, offset, len)?;
+            self.zero_range(&spec, offset, len).await
         }
         .boxed()
     }
@@ -289,13 +303,14 @@ impl BlockTarget for Volume {
         no_hole: bool,
     ) -> BoxFuture<'_, NbdResult<()>> {
         async move {
-            self.check(offset, len)?;
+            let spec = self.spec.read().await;
+            check_range(spec.size_bytes, offset, len)?;
             if !no_hole {
-                return self.trim_range(offset, len).await;
+                return self.zero_range(&spec, offset, len).await;
             }
             for p in pieces(offset, len) {
                 let zeroes = Bytes::from(vec![0u8; (p.blocks * BLOCK) as usize]);
-                self.write_piece(p, zeroes).await?;
+                self.write_piece(spec.id, p, zeroes).await?;
             }
             Ok(())
         }
@@ -304,11 +319,12 @@ impl BlockTarget for Volume {
 
     fn block_status(&self, offset: u64, len: u64) -> BoxFuture<'_, NbdResult<Vec<Extent>>> {
         async move {
+            let spec = self.spec.read().await;
             // Whole blocks covering the request, at most one extent's worth per answer
             // (clients ask again for the rest).
             let start = offset / BLOCK * BLOCK;
             let end = (offset.saturating_add(len))
-                .min(self.spec.size_bytes)
+                .min(spec.size_bytes)
                 .div_ceil(BLOCK)
                 * BLOCK;
             let end = end
@@ -316,7 +332,7 @@ impl BlockTarget for Volume {
                 .max(start + BLOCK);
             let mut extents: Vec<Extent> = Vec::new();
             for p in pieces(start, end - start) {
-                let read = self.read_piece(p).await?;
+                let read = self.read_piece(&spec, p).await?;
                 for present in read.present {
                     let hole = !present;
                     match extents.last_mut() {

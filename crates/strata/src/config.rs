@@ -53,6 +53,12 @@ pub struct Ports {
     /// NBD exports of block volumes.
     #[serde(default = "default_nbd")]
     pub nbd: u16,
+    /// Cinder v2/v3 (block storage).
+    #[serde(default = "default_cinder")]
+    pub cinder: u16,
+    /// The compute API (today Nova's `os-volumes` family).
+    #[serde(default = "default_compute")]
+    pub compute: u16,
 }
 
 /// One disk of a node.
@@ -128,6 +134,12 @@ fn default_rpc() -> u16 {
 fn default_nbd() -> u16 {
     10809
 }
+fn default_cinder() -> u16 {
+    8776
+}
+fn default_compute() -> u16 {
+    8774
+}
 fn default_capacity() -> u64 {
     8 << 30
 }
@@ -159,6 +171,8 @@ impl Default for Ports {
             swift: default_swift(),
             rpc: default_rpc(),
             nbd: default_nbd(),
+            cinder: default_cinder(),
+            compute: default_compute(),
         }
     }
 }

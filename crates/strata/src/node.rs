@@ -7,6 +7,7 @@ use anyhow::Context;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use strata_data::{DataConfig, DataPlane, StorageService, Topology};
 use strata_disk::{Disk, DiskConfig};
 use strata_identity::{CatalogConfig, Identity};
@@ -101,8 +102,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let nbd_listener = tokio::net::TcpListener::bind(&nbd_addr)
         .await
         .with_context(|| format!("binding nbd {nbd_addr}"))?;
-    let exports = strata_nbd::Exports::new();
-    spawn_volume_exports(meta.clone(), data.clone(), exports.clone());
+    let store: Arc<dyn MetaStore> = meta.clone();
+    let volumes =
+        strata_volume::Registry::new(store.clone(), data.clone(), strata_nbd::Exports::new());
+    volumes.spawn_follower(meta.subscribe_applied());
+    strata_volume::gc::spawn_collector(store.clone(), data.clone(), Duration::from_secs(5));
+    let exports = volumes.exports().clone();
     tokio::spawn(async move {
         if let Err(e) = strata_nbd::serve_tcp(nbd_listener, exports).await {
             tracing::error!(error = %e, "nbd server stopped");
@@ -113,18 +118,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let host = cfg.public_host().to_string();
     let swift_url = format!("http://{host}:{}", cfg.ports.swift);
     let keystone_url = format!("http://{host}:{}", cfg.ports.keystone);
+    let cinder_url = format!("http://{host}:{}", cfg.ports.cinder);
+    let compute_url = format!("http://{host}:{}", cfg.ports.compute);
     publish_node(meta.as_ref(), &cfg, &swift_url, &keystone_url).await?;
 
-    let store: Arc<dyn MetaStore> = meta.clone();
     let identity = Identity::new(
         store.clone(),
         CatalogConfig {
             region: "RegionOne".into(),
             identity_url: keystone_url.clone(),
             object_store_url: swift_url.clone(),
-            volume_url: format!("http://{host}:8776"),
-            compute_url: format!("http://{host}:8774"),
-            image_url: format!("http://{host}:9292"),
+            volume_url: cinder_url.clone(),
+            // The compute port serves only Nova's os-volumes family so far, and there is
+            // no image service yet: neither goes into the catalog.
+            compute_url: None,
+            image_url: None,
         },
     );
     identity
@@ -132,12 +140,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("bootstrapping identity")?;
 
-    let objects = strata_object::ObjectService::new(data.clone(), store);
+    let objects = strata_object::ObjectService::new(data.clone(), store.clone());
     let swift = strata_swift::router(Arc::new(SwiftGateway {
-        objects,
+        objects: objects.clone(),
         identity: identity.clone(),
     }));
     let keystone = identity.router();
+    let cinder_gw = Arc::new(strata_cinder::CinderGateway {
+        meta: store,
+        volumes,
+        data: data.clone(),
+        objects,
+        auth: identity.clone(),
+        public_url: cinder_url.clone(),
+        nbd_host: host.clone(),
+        nbd_port: cfg.ports.nbd,
+    });
+    let cinder = strata_cinder::router(cinder_gw.clone());
+    let compute = strata_cinder::nova::router(cinder_gw);
 
     let swift_addr = format!("{}:{}", cfg.bind, cfg.ports.swift);
     let keystone_addr = format!("{}:{}", cfg.bind, cfg.ports.keystone);
@@ -147,10 +167,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let keystone_listener = tokio::net::TcpListener::bind(&keystone_addr)
         .await
         .with_context(|| format!("binding keystone {keystone_addr}"))?;
+    let cinder_addr = format!("{}:{}", cfg.bind, cfg.ports.cinder);
+    let cinder_listener = tokio::net::TcpListener::bind(&cinder_addr)
+        .await
+        .with_context(|| format!("binding cinder {cinder_addr}"))?;
+    let compute_addr = format!("{}:{}", cfg.bind, cfg.ports.compute);
+    let compute_listener = tokio::net::TcpListener::bind(&compute_addr)
+        .await
+        .with_context(|| format!("binding compute {compute_addr}"))?;
     tracing::info!(%swift_url, %keystone_url, "gateways listening");
     println!("strata node {} ready", cfg.node_id);
     println!("  swift:    {swift_url}/v1/AUTH_<project_id>  (TempAuth: {swift_url}/auth/v1.0)");
     println!("  keystone: {keystone_url}/v3");
+    println!("  cinder:   {cinder_url}/v3/<project_id>  (and /v2)");
+    println!("  nbd:      nbd://{host}:{}/<volume>", cfg.ports.nbd);
+    println!("  compute:  {compute_url}/v2.1/<project_id>/os-volumes  (os-volumes family only)");
     println!("  admin:    user admin, project admin, domain Default");
 
     // Served through hyper's HTTP/1 builder (see `strata_api::http1`): TCP_NODELAY, the
@@ -158,9 +189,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let swift_srv = strata_api::http1::serve(swift_listener, strata_api::with_request_id(swift));
     let keystone_srv =
         strata_api::http1::serve(keystone_listener, strata_api::with_request_id(keystone));
+    let cinder_srv = strata_api::http1::serve(cinder_listener, strata_api::with_request_id(cinder));
+    let compute_srv =
+        strata_api::http1::serve(compute_listener, strata_api::with_request_id(compute));
     tokio::select! {
         r = swift_srv => r.context("swift gateway stopped")?,
         r = keystone_srv => r.context("keystone gateway stopped")?,
+        r = cinder_srv => r.context("cinder gateway stopped")?,
+        r = compute_srv => r.context("compute gateway stopped")?,
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     meta.shutdown().await.ok();
@@ -312,43 +348,6 @@ fn spawn_ring_watcher(meta: Arc<Meta>, data: Arc<DataPlane>, addrs: HashMap<u64,
                     });
                 }
                 Err(e) => tracing::error!(error = %e, "refusing an invalid ring"),
-            }
-        }
-    });
-}
-
-/// Keep the NBD exports equal to the volume records: one export per volume, named after it.
-fn spawn_volume_exports(meta: Arc<Meta>, data: Arc<DataPlane>, exports: strata_nbd::Exports) {
-    let mut applied = meta.subscribe_applied();
-    tokio::spawn(async move {
-        let mut known: HashMap<String, u64> = HashMap::new();
-        loop {
-            let volumes = strata_volume::list_local(meta.as_ref());
-            for spec in &volumes {
-                if known.get(&spec.name) == Some(&spec.id) {
-                    continue;
-                }
-                let name = spec.name.clone();
-                match exports.insert(
-                    name.clone(),
-                    strata_volume::Volume::new(spec.clone(), data.clone()),
-                ) {
-                    Ok(_) => {
-                        tracing::info!(volume = %name, "volume exported over nbd");
-                        known.insert(name, spec.id);
-                    }
-                    Err(e) => tracing::error!(volume = %name, error = %e, "cannot export volume"),
-                }
-            }
-            known.retain(|name, _| {
-                let keep = volumes.iter().any(|v| &v.name == name);
-                if !keep {
-                    exports.remove(name);
-                }
-                keep
-            });
-            if applied.changed().await.is_err() {
-                return;
             }
         }
     });

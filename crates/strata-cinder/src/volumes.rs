@@ -1,0 +1,839 @@
+//! Volumes: CRUD, metadata and actions, with Cinder's status machine.
+
+use axum::response::Response;
+use http::StatusCode;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+
+use crate::model::{self, Attachment, VolumeRecord, GIB, SNAPSHOTS, VOLUMES};
+use crate::{
+    bad_request, del, not_found, put, quotas, reply, types, unchanged, volume_fault, Req, Result,
+};
+use strata_volume::records as block;
+
+/// Statuses a volume may be deleted from.
+const DELETABLE: &[&str] = &[
+    "available",
+    "error",
+    "error_restoring",
+    "error_extending",
+    "error_managing",
+];
+
+/// Every status `os-reset_status` accepts.
+const STATUSES: &[&str] = &[
+    "creating",
+    "available",
+    "attaching",
+    "in-use",
+    "detaching",
+    "maintenance",
+    "deleting",
+    "error",
+    "error_deleting",
+    "backing-up",
+    "restoring-backup",
+    "error_restoring",
+    "error_extending",
+    "downloading",
+    "uploading",
+    "retyping",
+    "extending",
+    "reserved",
+];
+
+pub(crate) fn invalid_status(id: &str, status: &str, wanted: &[&str]) -> crate::Fault {
+    bad_request(format!(
+        "Invalid volume: Volume {id} status must be {}, but current status is: {status}.",
+        wanted.join(" or ")
+    ))
+}
+
+/// A volume the caller may see, with its stored bytes (for an `Equals` check).
+pub(crate) async fn load(req: &Req, id: &str) -> Result<(VolumeRecord, Vec<u8>)> {
+    match req.load::<VolumeRecord>(VOLUMES, id).await? {
+        Some((v, raw)) if req.may_see(&v.project_id) => Ok((v, raw)),
+        _ => Err(not_found(format!("Volume {id} could not be found."))),
+    }
+}
+
+pub(crate) async fn view(req: &Req, v: &VolumeRecord) -> Result<Value> {
+    let names = types::names(req).await?;
+    Ok(view_with(req, v, &names))
+}
+
+fn view_with(req: &Req, v: &VolumeRecord, type_names: &HashMap<String, String>) -> Value {
+    let type_name = type_names
+        .get(&v.volume_type_id)
+        .cloned()
+        .unwrap_or_else(|| v.volume_type_id.clone());
+    model::volume_view(v, &type_name, req.is_admin(), req.links("volumes", &v.id))
+}
+
+/// Apply `change` to a volume's record in one checked transaction; returns the new record.
+pub(crate) async fn change(
+    req: &Req,
+    id: &str,
+    change: impl FnOnce(&mut VolumeRecord) -> Result<()>,
+) -> Result<VolumeRecord> {
+    let (mut v, raw) = load(req, id).await?;
+    change(&mut v)?;
+    v.updated_at = Some(model::now());
+    req.commit(
+        vec![unchanged(VOLUMES, id, raw)],
+        vec![put(VOLUMES, id, model::encode(&v))],
+        &format!("Volume {id}"),
+    )
+    .await?;
+    Ok(v)
+}
+
+fn filters_match(req: &Req, v: &VolumeRecord) -> bool {
+    let q = &req.query;
+    q.get("name").is_none_or(|n| v.name.as_deref() == Some(n))
+        && q.get("status").is_none_or(|s| &v.status == s)
+        && q.get("bootable")
+            .is_none_or(|b| v.bootable == matches!(b.to_ascii_lowercase().as_str(), "true" | "1"))
+}
+
+/// Sort by `created_at` (newest first, as Cinder does), then page with `marker` and `limit`.
+pub(crate) fn page<T>(
+    req: &Req,
+    mut items: Vec<T>,
+    created: impl Fn(&T) -> &str,
+    id: impl Fn(&T) -> &str,
+) -> Result<Vec<T>> {
+    items.sort_by(|a, b| created(b).cmp(created(a)).then(id(b).cmp(id(a))));
+    if let Some(marker) = req.query.get("marker") {
+        let at = items
+            .iter()
+            .position(|x| id(x) == marker)
+            .ok_or_else(|| bad_request(format!("marker [{marker}] not found")))?;
+        items.drain(..=at);
+    }
+    if let Some(limit) = req.query.get("limit") {
+        let n: usize = limit
+            .parse()
+            .map_err(|_| bad_request(format!("Invalid limit {limit:?}")))?;
+        items.truncate(n);
+    }
+    Ok(items)
+}
+
+pub(crate) async fn list(req: &Req, detail: bool) -> Result<Response> {
+    let all = req.list::<VolumeRecord>(VOLUMES, |v| &v.project_id).await?;
+    let matching: Vec<_> = all.into_iter().filter(|v| filters_match(req, v)).collect();
+    let items = page(req, matching, |v| &v.created_at, |v| &v.id)?;
+    let names = types::names(req).await?;
+    let out: Vec<Value> = items
+        .iter()
+        .map(|v| {
+            if detail {
+                view_with(req, v, &names)
+            } else {
+                model::summary(&v.id, &v.name, req.links("volumes", &v.id))
+            }
+        })
+        .collect();
+    Ok(reply(StatusCode::OK, json!({"volumes": out})))
+}
+
+pub(crate) async fn show(req: &Req, id: &str) -> Result<Response> {
+    let (v, _) = load(req, id).await?;
+    Ok(reply(
+        StatusCode::OK,
+        json!({"volume": view(req, &v).await?}),
+    ))
+}
+
+fn string_field(m: &Map<String, Value>, keys: &[&str]) -> Result<Option<String>> {
+    for k in keys {
+        match m.get(*k) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) => {
+                if s.len() > 255 {
+                    return Err(bad_request(format!("{k} is longer than 255 characters.")));
+                }
+                return Ok(Some(s.clone()));
+            }
+            Some(_) => return Err(bad_request(format!("{k} must be a string."))),
+        }
+    }
+    Ok(None)
+}
+
+/// A positive integer given as a JSON number or a numeric string.
+pub(crate) fn int_field(m: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
+    let bad = || {
+        bad_request(format!(
+            "Invalid input received: {key} must be an integer greater than 0."
+        ))
+    };
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().filter(|&n| n > 0).map(Some).ok_or_else(bad),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n > 0)
+            .map(Some)
+            .ok_or_else(bad),
+        Some(_) => Err(bad()),
+    }
+}
+
+pub(crate) fn metadata_field(
+    m: &Map<String, Value>,
+    key: &str,
+) -> Result<BTreeMap<String, String>> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(o)) => o
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) if !k.is_empty() && k.len() <= 255 && s.len() <= 255 => {
+                    Ok((k.clone(), s.clone()))
+                }
+                _ => Err(bad_request(format!(
+                    "Invalid metadata: {key} keys and values must be strings of 1 to 255 characters."
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(bad_request(format!("Invalid metadata: {key} must be an object."))),
+    }
+}
+
+pub(crate) async fn create(req: &Req) -> Result<Response> {
+    req.require_writer()?;
+    let body = req.body_object("volume")?;
+    let name = string_field(&body, &["name", "display_name"])?;
+    let description = string_field(&body, &["description", "display_description"])?;
+    let metadata = metadata_field(&body, "metadata")?;
+    let size = int_field(&body, "size")?;
+    let snapshot_id = string_field(&body, &["snapshot_id"])?;
+    let source_volid = string_field(&body, &["source_volid"])?;
+    if let Some(image) = string_field(&body, &["imageRef"])? {
+        return Err(not_found(format!("Image {image} could not be found.")));
+    }
+    if let Some(az) = string_field(&body, &["availability_zone"])? {
+        if az != "nova" {
+            return Err(bad_request(format!(
+                "Invalid input received: Availability zone '{az}' is invalid."
+            )));
+        }
+    }
+    if body.get("multiattach").and_then(Value::as_bool) == Some(true) {
+        return Err(bad_request(
+            "Invalid input received: multiattach is not supported by this volume type.",
+        ));
+    }
+    if snapshot_id.is_some() && source_volid.is_some() {
+        return Err(bad_request(
+            "Invalid input received: give at most one of snapshot_id and source_volid.",
+        ));
+    }
+    let type_id = types::resolve(req, string_field(&body, &["volume_type"])?.as_deref()).await?;
+
+    let id = model::new_id();
+    let (source_size, mut checks, engine, bootable) = if let Some(sid) = &snapshot_id {
+        let (snap, raw) = crate::snapshots::load(req, sid).await?;
+        if snap.status != "available" {
+            return Err(bad_request(format!(
+                "Invalid snapshot: Originating snapshot status must be one of 'available' values, but is {}.",
+                snap.status
+            )));
+        }
+        let engine_snap = block::get_snapshot(req.gw.meta.as_ref(), sid)
+            .await
+            .map_err(volume_fault)?
+            .ok_or_else(|| not_found(format!("Snapshot {sid} could not be found.")))?;
+        (
+            snap.size,
+            vec![unchanged(SNAPSHOTS, sid, raw)],
+            Some(engine_snap),
+            false,
+        )
+    } else if let Some(src) = &source_volid {
+        let (vol, _) = load(req, src).await?;
+        if !matches!(vol.status.as_str(), "available" | "in-use") {
+            return Err(invalid_status(src, &vol.status, &["available", "in-use"]));
+        }
+        // An instant clone: freeze the source's writable layer under a snapshot record
+        // only the clone's creation sees, clone it, and drop the record (the layers stay
+        // referenced by both volumes).
+        let internal = format!("clone-{id}");
+        let snap = block::snapshot(req.gw.meta.as_ref(), src, &internal)
+            .await
+            .map_err(volume_fault)?;
+        req.gw.volumes.sync().await;
+        (vol.size, vec![], Some(snap), vol.bootable)
+    } else {
+        (0, vec![], None, false)
+    };
+    let size = match size {
+        Some(s) => s,
+        None if source_size > 0 => source_size,
+        None => return Err(bad_request("Invalid input received: size is required.")),
+    };
+    if size < source_size {
+        return Err(bad_request(format!(
+            "Invalid input received: Volume size '{size}'GB cannot be smaller than the source size '{source_size}'GB."
+        )));
+    }
+    quotas::check(req, &[("volumes", 1), ("gigabytes", size as i64)]).await?;
+
+    let spec = match &engine {
+        Some(snap) => {
+            let (spec, check) =
+                block::clone_of(snap, &id, size * GIB, false).map_err(volume_fault)?;
+            checks.push(check);
+            spec
+        }
+        None => block::new_volume(&id, size * GIB, false),
+    };
+    let mut record = new_record(req, &id, name, size, type_id);
+    record.description = description;
+    record.metadata = metadata;
+    record.bootable = bootable;
+    record.snapshot_id = snapshot_id;
+    record.source_volid = source_volid.clone();
+    let created = insert(req, spec, checks, &record).await;
+    if let Some(snap) = engine.filter(|_| source_volid.is_some()) {
+        if let Err(e) = block::delete_snapshot_with(req.gw.meta.as_ref(), &snap.name, vec![]).await
+        {
+            tracing::warn!(snapshot = %snap.name, error = %e, "cannot drop a clone's snapshot record");
+        }
+    }
+    created?;
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        json!({"volume": view(req, &record).await?}),
+    ))
+}
+
+/// A fresh `available`, detached volume record of the caller's project.
+fn new_record(
+    req: &Req,
+    id: &str,
+    name: Option<String>,
+    size: u64,
+    type_id: String,
+) -> VolumeRecord {
+    VolumeRecord {
+        id: id.into(),
+        project_id: req.project.clone(),
+        user_id: req.ctx.user_id.clone(),
+        name,
+        description: None,
+        size,
+        status: "available".into(),
+        attach_status: "detached".into(),
+        attachments: vec![],
+        volume_type_id: type_id,
+        metadata: BTreeMap::new(),
+        bootable: false,
+        readonly: false,
+        snapshot_id: None,
+        source_volid: None,
+        backup_id: None,
+        created_at: model::now(),
+        updated_at: None,
+        connected: false,
+    }
+}
+
+/// Record a volume and its block record in one transaction.
+async fn insert(
+    req: &Req,
+    spec: block::VolumeSpec,
+    checks: Vec<strata_meta::Check>,
+    record: &VolumeRecord,
+) -> Result<()> {
+    block::create_with(
+        req.gw.meta.as_ref(),
+        spec,
+        checks,
+        vec![put(VOLUMES, &record.id, model::encode(record))],
+    )
+    .await
+    .map_err(volume_fault)?;
+    tracing::info!(volume = %record.id, size = record.size, project = %req.project, "volume created");
+    Ok(())
+}
+
+/// Create an empty volume of the default type (for a restore into a new volume).
+pub(crate) async fn create_plain(
+    req: &Req,
+    name: Option<String>,
+    size: u64,
+) -> Result<VolumeRecord> {
+    quotas::check(req, &[("volumes", 1), ("gigabytes", size as i64)]).await?;
+    let id = model::new_id();
+    let record = new_record(req, &id, name, size, model::DEFAULT_TYPE_ID.into());
+    insert(
+        req,
+        block::new_volume(&id, size * GIB, false),
+        vec![],
+        &record,
+    )
+    .await?;
+    Ok(record)
+}
+
+pub(crate) async fn update(req: &Req, id: &str) -> Result<Response> {
+    req.require_writer()?;
+    let body = req.body_object("volume")?;
+    let name = string_field(&body, &["name", "display_name"])?;
+    let description = string_field(&body, &["description", "display_description"])?;
+    let metadata = body
+        .contains_key("metadata")
+        .then(|| metadata_field(&body, "metadata"))
+        .transpose()?;
+    if name.is_none() && description.is_none() && metadata.is_none() {
+        return Err(bad_request(
+            "Invalid input received: give at least one of name, description and metadata.",
+        ));
+    }
+    let v = change(req, id, |v| {
+        if let Some(n) = name {
+            v.name = Some(n);
+        }
+        if let Some(d) = description {
+            v.description = Some(d);
+        }
+        if let Some(m) = metadata {
+            v.metadata = m;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(reply(
+        StatusCode::OK,
+        json!({"volume": view(req, &v).await?}),
+    ))
+}
+
+/// Snapshots of a volume (linearizable).
+async fn snapshots_of(req: &Req, id: &str) -> Result<Vec<model::SnapshotRecord>> {
+    let rows = req
+        .gw
+        .meta
+        .scan(SNAPSHOTS, "", None, usize::MAX)
+        .await
+        .map_err(crate::meta_fault)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(_, raw)| model::decode::<model::SnapshotRecord>(&raw))
+        .filter(|s| s.volume_id == id)
+        .collect())
+}
+
+pub(crate) async fn delete(req: &Req, id: &str) -> Result<Response> {
+    req.require_writer()?;
+    let cascade = req
+        .query
+        .get("cascade")
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"));
+    remove(req, id, cascade, false).await?;
+    Ok(reply(StatusCode::ACCEPTED, Value::Null).map_empty())
+}
+
+async fn remove(req: &Req, id: &str, cascade: bool, force: bool) -> Result<()> {
+    let (v, _) = load(req, id).await?;
+    if !force && (!DELETABLE.contains(&v.status.as_str()) || v.attach_status == "attached") {
+        return Err(bad_request(format!(
+            "Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots or be disassociated from snapshots after volume transfer. (volume {id} is {})",
+            v.status
+        )));
+    }
+    let snaps = snapshots_of(req, id).await?;
+    if !snaps.is_empty() {
+        if !cascade {
+            return Err(bad_request(format!(
+                "Invalid volume: Volume {id} still has {} dependent snapshots.",
+                snaps.len()
+            )));
+        }
+        for s in snaps {
+            crate::snapshots::remove(req, &s.id, true).await?;
+        }
+    }
+    let (_, raw) = load(req, id).await?;
+    block::delete_with(
+        req.gw.meta.as_ref(),
+        id,
+        vec![unchanged(VOLUMES, id, raw)],
+        vec![del(VOLUMES, id)],
+    )
+    .await
+    .map_err(volume_fault)?;
+    req.gw.volumes.sync().await;
+    tracing::info!(volume = %id, "volume deleted");
+    Ok(())
+}
+
+/// Empty-bodied replies (202/204 with no JSON).
+trait MapEmpty {
+    fn map_empty(self) -> Response;
+}
+
+impl MapEmpty for Response {
+    fn map_empty(self) -> Response {
+        let (mut parts, _) = self.into_parts();
+        parts.headers.remove(http::header::CONTENT_TYPE);
+        Response::from_parts(parts, axum::body::Body::empty())
+    }
+}
+
+pub(crate) fn accepted() -> Response {
+    reply(StatusCode::ACCEPTED, Value::Null).map_empty()
+}
+
+pub(crate) async fn action(req: &Req, id: &str) -> Result<Response> {
+    let body: Value = req.body()?;
+    let Some((name, args)) =
+        body.as_object()
+            .and_then(|o| if o.len() == 1 { o.iter().next() } else { None })
+    else {
+        return Err(bad_request("An action body names exactly one action."));
+    };
+    let args = args.as_object().cloned().unwrap_or_default();
+    req.require_writer()?;
+    match name.as_str() {
+        "os-reserve" => transition(req, id, &["available"], "attaching").await,
+        "os-unreserve" => transition(req, id, &["attaching"], "available").await,
+        "os-begin_detaching" => transition(req, id, &["in-use"], "detaching").await,
+        "os-roll_detaching" => transition(req, id, &["detaching"], "in-use").await,
+        "os-attach" => attach(req, id, &args).await,
+        "os-detach" => detach(req, id, &args).await,
+        "os-initialize_connection" => initialize_connection(req, id, &args).await,
+        "os-terminate_connection" => terminate_connection(req, id).await,
+        "os-extend" => extend(req, id, &args).await,
+        "os-reset_status" => reset_status(req, id, &args).await,
+        "os-force_delete" => {
+            req.require_admin()?;
+            remove(req, id, false, true).await?;
+            Ok(accepted())
+        }
+        "os-set_bootable" => {
+            let bootable = bool_arg(&args, "bootable")?;
+            change(req, id, |v| {
+                v.bootable = bootable;
+                Ok(())
+            })
+            .await?;
+            Ok(reply(StatusCode::OK, Value::Null).map_empty())
+        }
+        "os-update_readonly_flag" => {
+            let readonly = bool_arg(&args, "readonly")?;
+            change(req, id, |v| {
+                v.readonly = readonly;
+                Ok(())
+            })
+            .await?;
+            Ok(accepted())
+        }
+        "os-retype" => {
+            let wanted = args
+                .get("new_type")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let type_id = types::resolve(req, wanted.as_deref()).await?;
+            change(req, id, |v| {
+                if v.status != "available" {
+                    return Err(invalid_status(id, &v.status, &["available"]));
+                }
+                v.volume_type_id = type_id;
+                Ok(())
+            })
+            .await?;
+            Ok(accepted())
+        }
+        "os-volume_upload_image" => Err(bad_request(
+            "Invalid input received: no image service is configured.",
+        )),
+        other => Err(bad_request(format!("There is no such action: {other}"))),
+    }
+}
+
+fn bool_arg(args: &Map<String, Value>, key: &str) -> Result<bool> {
+    match args.get(key) {
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(bad_request(format!(
+                "Invalid input received: {key} must be a boolean."
+            ))),
+        },
+        _ => Err(bad_request(format!(
+            "Invalid input received: {key} must be a boolean."
+        ))),
+    }
+}
+
+async fn transition(req: &Req, id: &str, from: &[&str], to: &str) -> Result<Response> {
+    change(req, id, |v| {
+        if !from.contains(&v.status.as_str()) {
+            return Err(invalid_status(id, &v.status, from));
+        }
+        v.status = to.into();
+        Ok(())
+    })
+    .await?;
+    Ok(accepted())
+}
+
+async fn attach(req: &Req, id: &str, args: &Map<String, Value>) -> Result<Response> {
+    let s = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_string);
+    let server_id = s("instance_uuid");
+    let host_name = s("host_name");
+    if server_id.is_none() && host_name.is_none() {
+        return Err(bad_request(
+            "Invalid request to attach volume: give instance_uuid or host_name.",
+        ));
+    }
+    let device = s("mountpoint");
+    if device.is_none() {
+        return Err(bad_request(
+            "Invalid request to attach volume: mountpoint is required.",
+        ));
+    }
+    change(req, id, |v| {
+        if !matches!(v.status.as_str(), "available" | "attaching" | "reserved") {
+            return Err(invalid_status(id, &v.status, &["available", "attaching"]));
+        }
+        v.status = "in-use".into();
+        v.attach_status = "attached".into();
+        v.attachments.push(Attachment {
+            id: model::new_id(),
+            server_id,
+            host_name,
+            device,
+            attached_at: model::now(),
+        });
+        Ok(())
+    })
+    .await?;
+    Ok(accepted())
+}
+
+async fn detach(req: &Req, id: &str, args: &Map<String, Value>) -> Result<Response> {
+    let which = args
+        .get("attachment_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    change(req, id, |v| {
+        if !matches!(v.status.as_str(), "in-use" | "detaching") || v.attachments.is_empty() {
+            return Err(invalid_status(id, &v.status, &["in-use", "detaching"]));
+        }
+        match &which {
+            Some(a) => {
+                let before = v.attachments.len();
+                v.attachments.retain(|x| &x.id != a);
+                if v.attachments.len() == before {
+                    return Err(not_found(format!("Attachment {a} could not be found.")));
+                }
+            }
+            None => v.attachments.clear(),
+        }
+        if v.attachments.is_empty() {
+            v.status = "available".into();
+            v.attach_status = "detached".into();
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(accepted())
+}
+
+async fn initialize_connection(req: &Req, id: &str, args: &Map<String, Value>) -> Result<Response> {
+    if !args.get("connector").is_some_and(Value::is_object) {
+        return Err(bad_request(
+            "Invalid input received: connector is required.",
+        ));
+    }
+    let v = change(req, id, |v| {
+        let ok = ["available", "attaching", "in-use", "reserved", "detaching"];
+        if !ok.contains(&v.status.as_str()) {
+            return Err(invalid_status(id, &v.status, &ok));
+        }
+        v.connected = true;
+        Ok(())
+    })
+    .await?;
+    block::set_exported(req.gw.meta.as_ref(), id, true)
+        .await
+        .map_err(volume_fault)?;
+    req.gw.volumes.sync().await;
+    let mode = if v.readonly { "ro" } else { "rw" };
+    Ok(reply(
+        StatusCode::OK,
+        json!({"connection_info": {
+            "driver_volume_type": "nbd",
+            "data": {
+                "host": req.gw.nbd_host,
+                "port": req.gw.nbd_port,
+                "export_name": id,
+                "access_mode": mode,
+                "volume_id": id,
+                "name": id,
+            }
+        }}),
+    ))
+}
+
+async fn terminate_connection(req: &Req, id: &str) -> Result<Response> {
+    change(req, id, |v| {
+        v.connected = false;
+        Ok(())
+    })
+    .await?;
+    block::set_exported(req.gw.meta.as_ref(), id, false)
+        .await
+        .map_err(volume_fault)?;
+    req.gw.volumes.sync().await;
+    Ok(accepted())
+}
+
+async fn extend(req: &Req, id: &str, args: &Map<String, Value>) -> Result<Response> {
+    let new_size = int_field(args, "new_size")?
+        .ok_or_else(|| bad_request("Invalid input received: new_size is required."))?;
+    let (v, _) = load(req, id).await?;
+    if v.status != "available" {
+        return Err(invalid_status(id, &v.status, &["available"]));
+    }
+    if new_size <= v.size {
+        return Err(bad_request(format!(
+            "Invalid input received: New size for extend must be greater than current size. (current: {}, extended: {new_size})",
+            v.size
+        )));
+    }
+    quotas::check(req, &[("gigabytes", (new_size - v.size) as i64)]).await?;
+    change(req, id, |v| {
+        if v.status != "available" {
+            return Err(invalid_status(id, &v.status, &["available"]));
+        }
+        v.status = "extending".into();
+        Ok(())
+    })
+    .await?;
+    let grown = block::extend(req.gw.meta.as_ref(), id, new_size * GIB).await;
+    let ok = grown.is_ok();
+    change(req, id, |v| {
+        v.status = if ok { "available" } else { "error_extending" }.into();
+        if ok {
+            v.size = new_size;
+        }
+        Ok(())
+    })
+    .await?;
+    grown.map_err(volume_fault)?;
+    req.gw.volumes.sync().await;
+    tracing::info!(volume = %id, new_size, "volume extended");
+    Ok(accepted())
+}
+
+async fn reset_status(req: &Req, id: &str, args: &Map<String, Value>) -> Result<Response> {
+    req.require_admin()?;
+    let status = args
+        .get("status")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let attach = args
+        .get("attach_status")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(s) = &status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(bad_request(format!(
+                "Invalid input received: Must specify a valid status, not {s}."
+            )));
+        }
+    }
+    if let Some(a) = &attach {
+        if !matches!(a.as_str(), "attached" | "detached") {
+            return Err(bad_request(format!(
+                "Invalid input received: Must specify a valid attach status, not {a}."
+            )));
+        }
+    }
+    if status.is_none() && attach.is_none() && !args.contains_key("migration_status") {
+        return Err(bad_request("Invalid input received: Must specify 'status', 'attach_status' or 'migration_status' for update."));
+    }
+    change(req, id, |v| {
+        if let Some(s) = status {
+            v.status = s;
+        }
+        if let Some(a) = attach {
+            if a == "detached" {
+                v.attachments.clear();
+            }
+            v.attach_status = a;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(accepted())
+}
+
+pub(crate) async fn metadata(req: &Req, id: &str, rest: &[&str]) -> Result<Response> {
+    use http::Method;
+    let (v, _) = load(req, id).await?;
+    match (rest, req.method.clone()) {
+        ([], Method::GET) => Ok(reply(StatusCode::OK, json!({"metadata": v.metadata}))),
+        ([key], Method::GET) => match v.metadata.get(*key) {
+            Some(val) => Ok(reply(StatusCode::OK, json!({"meta": {*key: val}}))),
+            None => Err(not_found(format!("Metadata item was not found: {key}"))),
+        },
+        ([], Method::POST | Method::PUT) => {
+            req.require_writer()?;
+            let body: Value = req.body()?;
+            let obj = body.as_object().cloned().unwrap_or_default();
+            let items = metadata_field(&obj, "metadata")?;
+            let replace = req.method == Method::PUT;
+            let v = change(req, id, |v| {
+                if replace {
+                    v.metadata = items;
+                } else {
+                    v.metadata.extend(items);
+                }
+                Ok(())
+            })
+            .await?;
+            Ok(reply(StatusCode::OK, json!({"metadata": v.metadata})))
+        }
+        ([key], Method::PUT) => {
+            req.require_writer()?;
+            let body: Value = req.body()?;
+            let obj = body.as_object().cloned().unwrap_or_default();
+            let items = metadata_field(&obj, "meta")?;
+            if items.len() != 1 || !items.contains_key(*key) {
+                return Err(bad_request("Request body and URI mismatch"));
+            }
+            change(req, id, |v| {
+                v.metadata.extend(items.clone());
+                Ok(())
+            })
+            .await?;
+            Ok(reply(StatusCode::OK, json!({"meta": items})))
+        }
+        ([key], Method::DELETE) => {
+            req.require_writer()?;
+            let key = key.to_string();
+            change(req, id, |v| {
+                v.metadata
+                    .remove(&key)
+                    .map(|_| ())
+                    .ok_or_else(|| not_found(format!("Metadata item was not found: {key}")))
+            })
+            .await?;
+            Ok(reply(StatusCode::OK, Value::Null).map_empty())
+        }
+        _ => Err(crate::fault(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "The method is not allowed for this resource.",
+        )),
+    }
+}
