@@ -187,6 +187,10 @@ impl BlkBackend {
 
     /// Pops and starts every available request of `queue`.
     fn process_queue(&self, queue: usize, vring: &Vring) {
+        let Some(inflight) = self.inflight.get(queue) else {
+            tracing::warn!(queue, "vhost-user-blk: event for an unknown queue");
+            return;
+        };
         let event_idx = self.event_idx.load(Ordering::Acquire);
         loop {
             if event_idx {
@@ -196,12 +200,16 @@ impl BlkBackend {
             }
             loop {
                 let mem = self.mem.memory();
+                // Counted before it is popped: once the frontend has stopped
+                // the queue (which pop observes), `stop_vring` sees every
+                // request popped before that.
+                let pending = inflight.begin();
                 let chain = vring
                     .get_mut()
                     .get_queue_mut()
                     .pop_descriptor_chain(mem.clone());
                 match chain {
-                    Some(chain) => self.start_request(queue, vring, mem, chain),
+                    Some(chain) => self.start_request(queue, vring, mem, chain, pending),
                     None => break,
                 }
             }
@@ -227,6 +235,7 @@ impl BlkBackend {
         vring: &Vring,
         mem: MemGuard,
         chain: DescriptorChain<MemGuard>,
+        pending: InFlightGuard,
     ) {
         let head = chain.head_index();
         let segs: Vec<Segment> = chain
@@ -315,7 +324,7 @@ impl BlkBackend {
             head,
             status_addr: layout.status_addr,
             in_data: layout.in_data,
-            _inflight: self.inflight[queue].begin(),
+            _inflight: pending,
         };
         let target = self.target.clone();
         let geo = self.geo.clone();
