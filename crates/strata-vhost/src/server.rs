@@ -6,6 +6,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use strata_nbd::BlockTarget;
 use tokio::io::unix::AsyncFd;
@@ -20,15 +21,19 @@ use crate::backend::{BlkBackend, DRAIN_TIMEOUT};
 use crate::blk::Geometry;
 use crate::VhostBlkOptions;
 
+/// Pause after a connection that could not be set up.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+
 /// Serves `target` as a vhost-user-blk device on `socket_path` until
 /// `shutdown` is cancelled, with [`VhostBlkOptions::default`].
 ///
 /// A stale socket file at `socket_path` is removed first (any other kind of
-/// file is an error); the socket file is removed again on return. One
-/// frontend is served at a time: when it disconnects (QEMU stopped, or
-/// reconnecting), the next connection is accepted. Errors of one connection
-/// are logged and do not end the server; the function returns an error only
-/// when the socket cannot be set up or accepted on.
+/// file, or a socket another server still listens on, is an error); the
+/// socket file is removed again on return. One frontend is served at a
+/// time: when it disconnects (QEMU stopped, or reconnecting), the next
+/// connection is accepted. Errors of one connection are logged and do not
+/// end the server; the function returns an error only when the socket
+/// cannot be set up or waited on.
 pub async fn serve(
     socket_path: &Path,
     target: Arc<dyn BlockTarget>,
@@ -93,6 +98,11 @@ pub async fn serve_with_options(
         };
         if let Err(e) = frontend.serve(listener.get_ref(), &shutdown).await {
             tracing::warn!(error = %e, "vhost-user-blk: frontend connection failed");
+            // Do not spin if every accept fails (e.g. out of file descriptors).
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+            }
         }
         if shutdown.is_cancelled() {
             break;
@@ -116,10 +126,16 @@ impl Drop for SocketFile {
 }
 
 /// Removes a socket left behind at `path` by an earlier run; refuses to
-/// remove anything else.
+/// remove anything else, or a socket some process still listens on.
 fn remove_stale_socket(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another server", path.display()),
+                ));
+            }
             tracing::info!(socket = %path.display(), "vhost-user-blk: removing stale socket");
             std::fs::remove_file(path)
         }

@@ -442,7 +442,7 @@ async fn requests_through_a_vhost_user_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_socket_is_replaced_and_other_files_are_not() {
+async fn stale_socket_is_replaced_but_live_sockets_and_files_are_not() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("blk.sock");
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
@@ -466,6 +466,15 @@ async fn stale_socket_is_replaced_and_other_files_are_not() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
     assert!(!socket.exists());
+
+    // A socket someone listens on is left alone.
+    let live = dir.path().join("live.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let err = strata_vhost::serve(&live, target(), CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(live.exists());
 
     let file = dir.path().join("regular");
     std::fs::write(&file, b"keep me").unwrap();
