@@ -115,6 +115,8 @@ pub(crate) struct BlkBackend {
     runtime: Handle,
     mem: Mem,
     event_idx: AtomicBool,
+    /// Set on shutdown: leave new requests in the rings (for the next backend).
+    stopping: AtomicBool,
     inflight: Vec<Arc<InFlight>>,
     /// Held shared by writes, exclusively by read-modify-writes of partial
     /// target blocks, so that two of those never interleave on one block.
@@ -146,12 +148,20 @@ impl BlkBackend {
             runtime,
             mem,
             event_idx: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
             inflight,
             rmw,
             id: blk::device_id(serial),
             exit: Mutex::new(Some((consumer, notifier))),
             exit_fd,
         })
+    }
+
+    /// Stops taking requests off the virtqueues; those already taken go on.
+    /// What the guest submits from now on stays in the rings, where QEMU
+    /// finds it again for the backend it reconnects to.
+    pub(crate) fn stop_popping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// Requests handed to the target and not completed, over all queues.
@@ -204,6 +214,9 @@ impl BlkBackend {
                 // the queue (which pop observes), `stop_vring` sees every
                 // request popped before that.
                 let pending = inflight.begin();
+                if self.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
                 let chain = vring
                     .get_mut()
                     .get_queue_mut()

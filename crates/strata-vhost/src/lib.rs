@@ -83,10 +83,19 @@
 //! answering, so none is lost; a target that takes longer is logged as an
 //! error.
 //!
-//! Not offered: `VIRTIO_F_RING_PACKED`, `CONFIG_WCE`, `TOPOLOGY`, the
-//! inflight-shmem protocol feature (requests in flight when the backend
-//! process dies are not replayed after it restarts), live migration and
-//! postcopy.
+//! **Restarts.** On shutdown the backend stops taking requests off the
+//! rings, waits (up to 30 s) for those it took, and only then closes the
+//! connection. QEMU started with `-chardev socket,...,reconnect-ms=N`
+//! reconnects to the next backend on the socket and resumes from the used
+//! index, so a graceful restart loses no request and the guest only sees a
+//! pause. If the backend process dies instead, QEMU still resumes from the
+//! used index: requests the dead backend had started are fetched again
+//! unless a later one had completed before them, in which case they are lost
+//! and the guest waits for them (the inflight-shmem protocol feature that
+//! tracks them is not offered).
+//!
+//! Not offered: `VIRTIO_F_RING_PACKED`, `CONFIG_WCE`, `TOPOLOGY`,
+//! inflight-shmem, live migration and postcopy.
 
 mod backend;
 pub mod blk;

@@ -221,6 +221,19 @@ impl Frontend {
         let (daemon, result) = tokio::select! {
             r = &mut waiter => r,
             _ = shutdown.cancelled() => {
+                // Finish what was taken off the rings while the frontend is
+                // still connected, so that the used rings account for every
+                // request this backend started: QEMU resumes from the used
+                // index when it reconnects (to a restarted backend).
+                backend.stop_popping();
+                let b = backend.clone();
+                match tokio::task::spawn_blocking(move || b.drain(DRAIN_TIMEOUT)).await {
+                    Ok(true) => {}
+                    _ => tracing::error!(
+                        in_flight = backend.in_flight(),
+                        "vhost-user-blk: requests still running at shutdown"
+                    ),
+                }
                 if let Some(stop) = stop {
                     stop.shutdown();
                 }
