@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -43,9 +44,13 @@ def guest_disk(node, transport: str, volume: str) -> guest.Disk:
     """How the guest reaches `volume` of `node` over `transport`."""
     if transport == "nbd":
         return guest.nbd_disk(node.nbd_url(volume))
+    # Every node serves each volume's vhost-user-blk socket in <data-dir>/vhost-user, from
+    # the moment it applies the volume's record.
     socket_path = node.data_dir / "vhost-user" / f"{volume}.sock"
-    if not socket_path.exists():
-        pytest.skip(f"strata does not serve vhost-user-blk yet (no socket at {socket_path})")
+    deadline = time.monotonic() + 10
+    while not socket_path.is_socket():
+        assert time.monotonic() < deadline, f"no vhost-user-blk socket at {socket_path}"
+        time.sleep(0.1)
     return guest.vhost_user_blk_disk(socket_path)
 
 

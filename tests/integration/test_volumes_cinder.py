@@ -383,3 +383,26 @@ def test_nova_os_volumes_share_the_records(cloud):
     assert requests.delete(f"{base}/os-snapshots/{snap['id']}", headers=h, timeout=30).status_code == 202
     assert requests.delete(f"{base}/os-volumes/{vol['id']}", headers=h, timeout=30).status_code == 202
     assert requests.get(f"{base}/os-volumes/{vol['id']}", headers=h, timeout=30).status_code == 404
+
+
+def test_connection_info_names_the_nbd_export_or_the_vhost_socket(cloud):
+    api = cloud.api()
+    vid = expect(api("POST", "volumes", {"volume": {"size": 1}}), 202).json()["volume"]["id"]
+    path = cloud.node.data_dir / "vhost-user" / f"{vid}.sock"
+    assert not path.exists()  # not exported before a connection is initialized
+    r = expect(api("POST", f"volumes/{vid}/action", {"os-initialize_connection": {
+        "connector": {"host": "h", "vhost_user": True}}}), 200).json()["connection_info"]  # fmt: skip
+    assert r["driver_volume_type"] == "vhost_user" and r["data"]["socket_path"] == str(path)
+    deadline = time.monotonic() + 10
+    while not path.is_socket():
+        assert time.monotonic() < deadline, f"no socket at {path}"
+        time.sleep(0.1)
+    url = connect(api, vid)  # the NBD form of the same connection
+    listed = run("nbdinfo", "--list", "--json", url.rsplit("/", 1)[0]) if shutil.which("nbdinfo") else ""
+    assert not listed or vid in listed
+    expect(api("POST", f"volumes/{vid}/action", {"os-terminate_connection": {"connector": {}}}), 202)
+    deadline = time.monotonic() + 10
+    while path.exists():
+        assert time.monotonic() < deadline, f"{path} still there after terminate_connection"
+        time.sleep(0.1)
+    expect(api("DELETE", f"volumes/{vid}"), 202)

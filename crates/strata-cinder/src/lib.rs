@@ -47,6 +47,8 @@ pub struct CinderGateway {
     /// Where NBD clients reach this node's exports.
     pub nbd_host: String,
     pub nbd_port: u16,
+    /// Where this node's vhost-user-blk sockets are, if it serves them.
+    pub vhost_user_dir: Option<std::path::PathBuf>,
 }
 
 /// The router serving Cinder on its own port.

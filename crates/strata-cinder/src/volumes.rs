@@ -668,9 +668,27 @@ async fn initialize_connection(req: &Req, id: &str, args: &Map<String, Value>) -
         .map_err(volume_fault)?;
     req.gw.volumes.sync().await;
     let mode = if v.readonly { "ro" } else { "rw" };
-    Ok(reply(
-        StatusCode::OK,
-        json!({"connection_info": {
+    // A connector on this host that asks for vhost-user gets the volume's socket; any other
+    // gets the NBD export.
+    let wants_vhost = args["connector"]
+        .get("vhost_user")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let info = match (&req.gw.vhost_user_dir, wants_vhost) {
+        (Some(dir), true) => json!({
+            "driver_volume_type": "vhost_user",
+            "data": {
+                "socket_path": dir.join(format!("{id}.sock")),
+                "access_mode": mode,
+                "volume_id": id,
+            }
+        }),
+        (None, true) => {
+            return Err(bad_request(
+                "Invalid input received: this node serves no vhost-user-blk sockets.",
+            ))
+        }
+        _ => json!({
             "driver_volume_type": "nbd",
             "data": {
                 "host": req.gw.nbd_host,
@@ -680,8 +698,9 @@ async fn initialize_connection(req: &Req, id: &str, args: &Map<String, Value>) -
                 "volume_id": id,
                 "name": id,
             }
-        }}),
-    ))
+        }),
+    };
+    Ok(reply(StatusCode::OK, json!({ "connection_info": info })))
 }
 
 async fn terminate_connection(req: &Req, id: &str) -> Result<Response> {

@@ -19,7 +19,7 @@ pub use records::{
     create, get_local, list_local, SnapshotSpec, VolumeSpec, GARBAGE_TABLE, SNAPSHOTS_TABLE,
     VOLUMES_TABLE,
 };
-pub use registry::Registry;
+pub use registry::{Frontend, Registry};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{join_all, BoxFuture, FutureExt};

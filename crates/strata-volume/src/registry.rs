@@ -1,5 +1,6 @@
-//! The volumes a node serves: one [`Volume`] per exported volume record, published as an NBD
-//! export named after the volume and kept equal to the records as the meta group changes.
+//! The volumes a node serves: one [`Volume`] per exported volume record, published to every
+//! [`Frontend`] (the NBD export table, the vhost-user-blk sockets) under the volume's name and
+//! kept equal to the records as the meta group changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,6 +8,26 @@ use strata_data::DataPlane;
 use strata_meta::MetaStore;
 
 use crate::{records, Volume};
+
+/// Something that offers served volumes to clients under their names.
+pub trait Frontend: Send + Sync + 'static {
+    /// Start offering `volume` as `name` (it was not offered before).
+    fn publish(&self, name: &str, volume: Arc<Volume>) -> Result<(), String>;
+    /// Stop offering `name`; clients already connected may finish.
+    fn withdraw(&self, name: &str);
+}
+
+impl Frontend for strata_nbd::Exports {
+    fn publish(&self, name: &str, volume: Arc<Volume>) -> Result<(), String> {
+        self.insert(name, volume)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn withdraw(&self, name: &str) {
+        self.remove(name);
+    }
+}
 
 /// Cheap to clone; clones share the registry.
 #[derive(Clone)]
@@ -17,7 +38,7 @@ pub struct Registry {
 struct Inner {
     meta: Arc<dyn MetaStore>,
     data: Arc<DataPlane>,
-    exports: strata_nbd::Exports,
+    frontends: Vec<Arc<dyn Frontend>>,
     /// Serialises syncs; the map of what is served.
     served: tokio::sync::Mutex<HashMap<String, Arc<Volume>>>,
 }
@@ -26,21 +47,16 @@ impl Registry {
     pub fn new(
         meta: Arc<dyn MetaStore>,
         data: Arc<DataPlane>,
-        exports: strata_nbd::Exports,
+        frontends: Vec<Arc<dyn Frontend>>,
     ) -> Self {
         Registry {
             inner: Arc::new(Inner {
                 meta,
                 data,
-                exports,
+                frontends,
                 served: tokio::sync::Mutex::new(HashMap::new()),
             }),
         }
-    }
-
-    /// The NBD exports this registry maintains.
-    pub fn exports(&self) -> &strata_nbd::Exports {
-        &self.inner.exports
     }
 
     /// A served volume by name.
@@ -71,22 +87,22 @@ impl Registry {
                 }
                 None => {
                     let vol = Volume::new(spec.clone(), self.inner.data.clone());
-                    match self.inner.exports.insert(name.clone(), vol.clone()) {
-                        Ok(_) => {
-                            tracing::info!(volume = %name, "volume exported");
-                            served.insert(name.clone(), vol);
-                        }
-                        Err(e) => {
-                            tracing::error!(volume = %name, error = %e, "cannot export volume")
+                    for f in &self.inner.frontends {
+                        if let Err(e) = f.publish(name, vol.clone()) {
+                            tracing::error!(volume = %name, error = %e, "cannot offer volume");
                         }
                     }
+                    tracing::info!(volume = %name, "volume exported");
+                    served.insert(name.clone(), vol);
                 }
             }
         }
         served.retain(|name, _| {
             let keep = wanted.contains_key(name);
             if !keep {
-                self.inner.exports.remove(name);
+                for f in &self.inner.frontends {
+                    f.withdraw(name);
+                }
                 tracing::info!(volume = %name, "volume export withdrawn");
             }
             keep

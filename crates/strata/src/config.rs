@@ -29,6 +29,10 @@ pub struct NodeConfig {
     /// or a generated one printed at start.
     #[serde(default)]
     pub admin_password: Option<String>,
+    /// Where the vhost-user-blk sockets of served volumes go (`<volume>.sock`); defaults to
+    /// `<data-dir>/vhost-user`. Unix socket paths hold at most 107 bytes.
+    #[serde(default)]
+    pub vhost_user_dir: Option<PathBuf>,
     /// Disks of this node.
     #[serde(default = "default_disks")]
     pub disks: Vec<DiskSection>,

@@ -6,6 +6,7 @@
 mod admin;
 mod config;
 mod node;
+mod vhost;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -103,11 +103,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding nbd {nbd_addr}"))?;
     let store: Arc<dyn MetaStore> = meta.clone();
-    let volumes =
-        strata_volume::Registry::new(store.clone(), data.clone(), strata_nbd::Exports::new());
+    let exports = strata_nbd::Exports::new();
+    let vhost_dir = cfg
+        .vhost_user_dir
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("vhost-user"));
+    let vhost = crate::vhost::VhostSockets::new(vhost_dir.clone())
+        .with_context(|| format!("creating {}", vhost_dir.display()))?;
+    let volumes = strata_volume::Registry::new(
+        store.clone(),
+        data.clone(),
+        vec![Arc::new(exports.clone()), vhost],
+    );
     volumes.spawn_follower(meta.subscribe_applied());
     strata_volume::gc::spawn_collector(store.clone(), data.clone(), Duration::from_secs(5));
-    let exports = volumes.exports().clone();
     tokio::spawn(async move {
         if let Err(e) = strata_nbd::serve_tcp(nbd_listener, exports).await {
             tracing::error!(error = %e, "nbd server stopped");
@@ -155,6 +164,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         public_url: cinder_url.clone(),
         nbd_host: host.clone(),
         nbd_port: cfg.ports.nbd,
+        vhost_user_dir: Some(vhost_dir.clone()),
     });
     let cinder = strata_cinder::router(cinder_gw.clone());
     let compute = strata_cinder::nova::router(cinder_gw);
@@ -181,6 +191,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  keystone: {keystone_url}/v3");
     println!("  cinder:   {cinder_url}/v3/<project_id>  (and /v2)");
     println!("  nbd:      nbd://{host}:{}/<volume>", cfg.ports.nbd);
+    println!("  vhost:    {}/<volume>.sock", vhost_dir.display());
     println!("  compute:  {compute_url}/v2.1/<project_id>/os-volumes  (os-volumes family only)");
     println!("  admin:    user admin, project admin, domain Default");
 
