@@ -392,7 +392,7 @@ async fn run_backup(
         Some(p) => Some(read_manifest(gw, p).await?),
         None => None,
     };
-    let vol = Volume::new(frozen(source), gw.data.clone());
+    let vol = Volume::new(frozen(source), gw.data.clone(), gw.volumes.insync().clone());
     let pre = prefix(&b.volume_id, &b.id);
     let mut extents = BTreeMap::new();
     let mut stored = 0u64;
@@ -598,7 +598,7 @@ async fn run_restore(
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("volume {volume_id} has no block record"))?;
-    let vol = Volume::new(spec, gw.data.clone());
+    let vol = Volume::new(spec, gw.data.clone(), gw.volumes.insync().clone());
     let acct = account(&b.project_id);
     for n in 0..manifest.size_bytes.div_ceil(manifest.extent_bytes) {
         let offset = n * manifest.extent_bytes;

@@ -12,8 +12,10 @@
 
 mod hints;
 mod peer;
+mod resync;
 mod server;
 
+pub use resync::LayerTracking;
 pub use server::StorageService;
 
 use bytes::Bytes;
@@ -81,6 +83,7 @@ pub struct DataPlane {
     disks: BTreeMap<DiskId, Arc<Disk>>,
     topology: RwLock<Option<Topology>>,
     peers: peer::Peers,
+    resync: Arc<resync::Tracker>,
 }
 
 impl DataPlane {
@@ -91,6 +94,7 @@ impl DataPlane {
             disks,
             topology: RwLock::new(None),
             peers,
+            resync: Arc::default(),
         })
     }
 
@@ -135,7 +139,8 @@ impl DataPlane {
         Ok(out)
     }
 
-    fn write_quorum(&self, replicas: usize) -> usize {
+    /// Copies that must hold a write before it is acknowledged, of `replicas`.
+    pub fn write_quorum(&self, replicas: usize) -> usize {
         self.cfg.write_quorum.clamp(1, replicas.max(1))
     }
 
@@ -217,10 +222,8 @@ impl DataPlane {
         data: Bytes,
     ) -> Result<()> {
         if r.node == self.cfg.node_id {
-            Ok(self
-                .local_disk(r.disk)?
-                .write_blocks(volume, first_block, data)
-                .await?)
+            self.local_write_blocks(r.disk, volume, first_block, data)
+                .await
         } else {
             self.peers
                 .write_blocks(r.node, r.disk, volume, first_block, data)
@@ -257,15 +260,45 @@ impl DataPlane {
         count: u64,
     ) -> Result<()> {
         if r.node == self.cfg.node_id {
-            Ok(self
-                .local_disk(r.disk)?
-                .trim_blocks(volume, first_block, count)
-                .await?)
+            self.local_trim_blocks(r.disk, volume, first_block, count)
+                .await
         } else {
             self.peers
                 .trim_blocks(r.node, r.disk, volume, first_block, count)
                 .await
         }
+    }
+
+    /// An ordinary block write to a disk of this node (seen by a resync of its layer).
+    pub(crate) async fn local_write_blocks(
+        &self,
+        disk: DiskId,
+        layer: u64,
+        first_block: u64,
+        data: Bytes,
+    ) -> Result<()> {
+        let d = self.local_disk(disk)?;
+        Ok(self.resync.write(d, disk, layer, first_block, data).await?)
+    }
+
+    /// An ordinary block trim on a disk of this node (seen by a resync of its layer).
+    pub(crate) async fn local_trim_blocks(
+        &self,
+        disk: DiskId,
+        layer: u64,
+        first_block: u64,
+        count: u64,
+    ) -> Result<()> {
+        let d = self.local_disk(disk)?;
+        Ok(self.resync.trim(d, disk, layer, first_block, count).await?)
+    }
+
+    /// Start tracking ordinary writes to `layer` on local `disk` for a resync that copies
+    /// the layer there: the copier writes straight to the disk under the tracking lock and
+    /// skips the blocks ordinary writes changed.
+    pub fn track_layer(&self, disk: DiskId, layer: u64) -> Result<(LayerTracking, Arc<Disk>)> {
+        let d = self.local_disk(disk)?.clone();
+        Ok((self.resync.start(disk, layer), d))
     }
 
     // ---- replicated operations ----

@@ -38,6 +38,13 @@ fn chunk_id(b: &[u8]) -> Result<ChunkId, Status> {
     ChunkId::from_slice(b).ok_or_else(|| Status::invalid_argument("chunk id must be 32 bytes"))
 }
 
+fn data_status(e: crate::DataError) -> Status {
+    match e {
+        crate::DataError::Disk(d) => disk_status(d),
+        other => Status::internal(other.to_string()),
+    }
+}
+
 fn disk_status(e: DiskError) -> Status {
     match e {
         DiskError::Corrupt { .. } => Status::data_loss(e.to_string()),
@@ -167,10 +174,16 @@ impl Storage for StorageService {
             );
             return Err(Status::data_loss("block bytes do not match their crc32c"));
         }
-        self.disk(req.disk_id)?
-            .write_blocks(req.volume, req.first_block, Bytes::from(req.data))
+        self.disk(req.disk_id)?;
+        self.data
+            .local_write_blocks(
+                req.disk_id,
+                req.volume,
+                req.first_block,
+                Bytes::from(req.data),
+            )
             .await
-            .map_err(disk_status)?;
+            .map_err(data_status)?;
         Ok(Response::new(pb::WriteBlocksResponse {}))
     }
 
@@ -196,10 +209,11 @@ impl Storage for StorageService {
         req: Request<pb::TrimBlocksRequest>,
     ) -> Result<Response<pb::TrimBlocksResponse>, Status> {
         let req = req.into_inner();
-        self.disk(req.disk_id)?
-            .trim_blocks(req.volume, req.first_block, req.count)
+        self.disk(req.disk_id)?;
+        self.data
+            .local_trim_blocks(req.disk_id, req.volume, req.first_block, req.count)
             .await
-            .map_err(disk_status)?;
+            .map_err(data_status)?;
         Ok(Response::new(pb::TrimBlocksResponse {}))
     }
 

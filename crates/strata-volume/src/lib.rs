@@ -7,14 +7,17 @@
 //! fallback. It must not know wire protocols: it implements `strata_nbd::BlockTarget`,
 //! which the NBD server and the vhost-user-blk backend drive.
 //!
-//! A write goes to every replica of its extent and is acknowledged once all of them made it
-//! durable; one that any replica refuses fails. The in-sync set and resync described in
-//! `docs/architecture.md` are not built yet.
+//! A write goes to every replica of its extent and is acknowledged once a write quorum of
+//! in-sync replicas made it durable; a replica that fails it leaves the layer's in-sync set
+//! first ([`insync`]) and is copied back by a resync ([`resync`]) before reads use it again.
 
 pub mod gc;
+pub mod insync;
 pub mod records;
 pub mod registry;
+pub mod resync;
 
+pub use insync::InSync;
 pub use records::{
     create, get_local, list_local, SnapshotSpec, VolumeSpec, GARBAGE_TABLE, SNAPSHOTS_TABLE,
     VOLUMES_TABLE,
@@ -59,6 +62,7 @@ pub struct Volume {
     spec: tokio::sync::RwLock<VolumeSpec>,
     size_bytes: AtomicU64,
     data: Arc<DataPlane>,
+    insync: InSync,
 }
 
 /// A piece of a request that stays inside one extent and one disk request.
@@ -113,11 +117,12 @@ fn check_range(size_bytes: u64, offset: u64, len: u64) -> NbdResult<()> {
 }
 
 impl Volume {
-    pub fn new(spec: VolumeSpec, data: Arc<DataPlane>) -> Arc<Self> {
+    pub fn new(spec: VolumeSpec, data: Arc<DataPlane>, insync: InSync) -> Arc<Self> {
         Arc::new(Volume {
             size_bytes: AtomicU64::new(spec.size_bytes),
             spec: tokio::sync::RwLock::new(spec),
             data,
+            insync,
         })
     }
 
@@ -146,16 +151,73 @@ impl Volume {
                 .replica_write_blocks(*r, layer, p.first_block, data.clone())
         }))
         .await;
-        for r in results {
-            r.map_err(io_err)?;
-        }
-        Ok(())
+        self.settle(layer, &replicas, results).await
     }
 
-    /// Read one piece of one layer from the first replica that answers with verified blocks.
+    /// Trim one piece of a layer on every replica of its extent.
+    async fn trim_piece(&self, layer: u64, p: Piece) -> NbdResult<()> {
+        let replicas = self.replicas(layer, p.extent)?;
+        let results = join_all(replicas.iter().map(|r| {
+            self.data
+                .replica_trim_blocks(*r, layer, p.first_block, p.blocks)
+        }))
+        .await;
+        self.settle(layer, &replicas, results).await
+    }
+
+    /// Decide a replicated change: every in-sync replica that failed leaves the in-sync set
+    /// (committed before this returns), and the change stands once a write quorum of in-sync
+    /// replicas made it durable. Stale replicas are written too but do not count.
+    async fn settle(
+        &self,
+        layer: u64,
+        replicas: &[Replica],
+        results: Vec<Result<(), DataError>>,
+    ) -> NbdResult<()> {
+        let needed = self.data.write_quorum(replicas.len());
+        let mut acked = 0;
+        let mut last = None;
+        for (r, res) in replicas.iter().zip(results) {
+            let stale = self.insync.is_stale(layer, r.disk);
+            match res {
+                Ok(()) if !stale => acked += 1,
+                Ok(()) => {}
+                Err(e) => {
+                    if stale {
+                        tracing::debug!(layer, disk = r.disk, error = %e,
+                            "stale replica missed a volume write");
+                    } else {
+                        tracing::warn!(layer, disk = r.disk, node = r.node, error = %e,
+                            "in-sync replica missed a volume write");
+                    }
+                    if let Err(m) = self.insync.mark(layer, r.disk).await {
+                        // Unrecorded, the replica could serve stale reads later: fail.
+                        tracing::error!(layer, disk = r.disk, error = %m,
+                            "cannot record a replica as stale");
+                        return Err(NbdError::Io(format!("cannot record a stale replica: {m}")));
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        if acked >= needed {
+            return Ok(());
+        }
+        Err(NbdError::Io(format!(
+            "write reached {acked} of the {needed} in-sync replicas it needs{}",
+            last.map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        )))
+    }
+
+    /// Read one piece of one layer from the first in-sync replica that answers with verified
+    /// blocks.
     async fn read_layer(&self, layer: u64, p: Piece) -> NbdResult<strata_disk::BlockRead> {
-        let mut last = NbdError::Io("no replica".into());
+        let mut last = NbdError::Io("no in-sync replica".into());
         for r in self.replicas(layer, p.extent)? {
+            if self.insync.is_stale(layer, r.disk) {
+                continue;
+            }
             match self
                 .data
                 .replica_read_blocks(r, layer, p.first_block, p.blocks)
@@ -209,15 +271,7 @@ impl Volume {
     async fn zero_range(&self, spec: &VolumeSpec, offset: u64, len: u64) -> NbdResult<()> {
         for p in pieces(offset, len) {
             if spec.parents.is_empty() {
-                let replicas = self.replicas(spec.id, p.extent)?;
-                let results = join_all(replicas.iter().map(|r| {
-                    self.data
-                        .replica_trim_blocks(*r, spec.id, p.first_block, p.blocks)
-                }))
-                .await;
-                for r in results {
-                    r.map_err(io_err)?;
-                }
+                self.trim_piece(spec.id, p).await?;
             } else {
                 let zeroes = Bytes::from(vec![0u8; (p.blocks * BLOCK) as usize]);
                 self.write_piece(spec.id, p, zeroes).await?;
@@ -241,7 +295,7 @@ impl BlockTarget for Volume {
     }
 
     fn can_multi_conn(&self) -> bool {
-        // Every write is durable on all replicas before it is acknowledged.
+        // Every write is durable on a quorum of in-sync replicas before it is acknowledged.
         true
     }
 
@@ -268,7 +322,8 @@ impl BlockTarget for Volume {
     }
 
     fn write(&self, offset: u64, data: Bytes, _fua: bool) -> BoxFuture<'_, NbdResult<()>> {
-        // Every write is durable on every replica before it returns, so FUA costs nothing more.
+        // Every write is durable on the in-sync replicas before it returns, so FUA costs
+        // nothing more.
         async move {
             let spec = self.spec.read().await;
             check_range(spec.size_bytes, offset, data.len() as u64)?;

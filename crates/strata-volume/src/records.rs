@@ -20,6 +20,9 @@ use crate::VolumeError;
 pub const VOLUMES_TABLE: &str = "block.volumes";
 /// Meta table of snapshot records, keyed by snapshot name.
 pub const SNAPSHOTS_TABLE: &str = "block.snapshots";
+/// Meta table of replicas that missed writes of a layer, keyed `<layer>/<disk>` (see
+/// `insync`); the value changes whenever the replica misses another write.
+pub const STALE_TABLE: &str = "block.stale";
 /// Meta table of layers waiting to be freed, keyed by layer id; the value is the size in
 /// bytes the layer covered.
 pub const GARBAGE_TABLE: &str = "block.garbage";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use strata_data::DataPlane;
 use strata_meta::MetaStore;
 
-use crate::{records, Volume};
+use crate::{records, InSync, Volume};
 
 /// Something that offers served volumes to clients under their names.
 pub trait Frontend: Send + Sync + 'static {
@@ -39,6 +39,7 @@ struct Inner {
     meta: Arc<dyn MetaStore>,
     data: Arc<DataPlane>,
     frontends: Vec<Arc<dyn Frontend>>,
+    insync: InSync,
     /// Serialises syncs; the map of what is served.
     served: tokio::sync::Mutex<HashMap<String, Arc<Volume>>>,
 }
@@ -51,12 +52,18 @@ impl Registry {
     ) -> Self {
         Registry {
             inner: Arc::new(Inner {
+                insync: InSync::new(meta.clone()),
                 meta,
                 data,
                 frontends,
                 served: tokio::sync::Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// This node's view of the in-sync set, for volumes opened outside the registry.
+    pub fn insync(&self) -> &InSync {
+        &self.inner.insync
     }
 
     /// A served volume by name.
@@ -70,6 +77,7 @@ impl Registry {
     /// change is in force on this node when they do.
     pub async fn sync(&self) {
         let mut served = self.inner.served.lock().await;
+        self.inner.insync.reload();
         let wanted: HashMap<String, records::VolumeSpec> =
             records::list_local(self.inner.meta.as_ref())
                 .into_iter()
@@ -86,7 +94,11 @@ impl Registry {
                     }
                 }
                 None => {
-                    let vol = Volume::new(spec.clone(), self.inner.data.clone());
+                    let vol = Volume::new(
+                        spec.clone(),
+                        self.inner.data.clone(),
+                        self.inner.insync.clone(),
+                    );
                     for f in &self.inner.frontends {
                         if let Err(e) = f.publish(name, vol.clone()) {
                             tracing::error!(volume = %name, error = %e, "cannot offer volume");

@@ -116,6 +116,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         vec![Arc::new(exports.clone()), vhost],
     );
     volumes.spawn_follower(meta.subscribe_applied());
+    strata_volume::resync::spawn_resyncer(
+        store.clone(),
+        data.clone(),
+        volumes.insync().clone(),
+        Duration::from_secs(5),
+        Duration::from_secs(2),
+    );
     strata_volume::gc::spawn_collector(store.clone(), data.clone(), Duration::from_secs(5));
     tokio::spawn(async move {
         if let Err(e) = strata_nbd::serve_tcp(nbd_listener, exports).await {
