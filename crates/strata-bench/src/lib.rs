@@ -1,6 +1,7 @@
 //! `strata bench`: an object load generator for any Swift endpoint, and the standard
 //! comparison of Strata with OpenStack Swift and the raw disk, in one command.
 
+pub mod block;
 pub mod client;
 pub mod fio;
 pub mod hist;
@@ -56,6 +57,9 @@ pub struct SuiteArgs {
     pub skip_swift: bool,
     #[arg(long)]
     pub skip_fio: bool,
+    /// Skip the block workloads (NBD: Strata, qemu-nbd, null).
+    #[arg(long)]
+    pub skip_block: bool,
 }
 
 /// One workload against a given endpoint.
@@ -374,6 +378,57 @@ fn write_outputs(dir: &Path, r: &Report) -> Result<()> {
     Ok(())
 }
 
+/// A volume on the running Strata node, exported over NBD, through the block plan.
+fn strata_block(
+    bin: &Path,
+    peer: &peers::Peer,
+    region: u64,
+    runtime: Duration,
+    pids: &[u32],
+    out: &mut Vec<block::BlockResult>,
+) -> Result<()> {
+    let (Some(rpc), Some(nbd)) = (&peer.rpc_addr, peer.nbd_port) else {
+        bail!("no rpc address or NBD port for the Strata node");
+    };
+    let o = std::process::Command::new(bin)
+        .args([
+            "admin",
+            "volume",
+            "create",
+            "bench",
+            &region.to_string(),
+            "--rpc",
+            rpc,
+        ])
+        .output()
+        .context("creating the bench volume")?;
+    if !o.status.success() {
+        bail!(
+            "creating the bench volume: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let uri = format!("nbd://127.0.0.1:{nbd}/bench");
+    // The export appears once the node applied the volume record.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let probe = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json", &uri])
+            .output();
+        if probe.is_ok_and(|p| p.status.success()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{uri} did not appear");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    out.extend(block::run_target(
+        "strata", &uri, region, runtime, pids, true,
+    )?);
+    Ok(())
+}
+
 /// The standard comparison; returns the results directory.
 pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
     let t0 = Instant::now();
@@ -434,7 +489,12 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
     }
 
     let steps = plan(a.quick);
-    // 3. Strata.
+    let (region, block_runtime) = if a.quick {
+        (512 * MIB, Duration::from_secs(3))
+    } else {
+        (2048 * MIB, Duration::from_secs(10))
+    };
+    // 3. Strata (objects, then a volume over NBD).
     if !a.skip_strata {
         println!("== Strata");
         let bin = match &a.strata_bin {
@@ -444,7 +504,11 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
         let r = async {
             let mut peer = peers::start_strata(&bin, &work, 24 << 30).await?;
             let pids = peer.guard.pids();
-            let r = run_steps("strata", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
+            let mut r = run_steps("strata", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
+            if r.is_ok() && !a.skip_block {
+                write_outputs(&dir, &rep)?;
+                r = strata_block(&bin, &peer, region, block_runtime, &pids, &mut rep.block);
+            }
             peer.guard.stop();
             r
         }
@@ -478,6 +542,36 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
             println!("Swift: {e:#}");
             rep.notes.push(format!("Swift: {e:#}"));
         }
+        write_outputs(&dir, &rep)?;
+    }
+
+    // 5. qemu-nbd on a raw file, and the null ceiling.
+    if !a.skip_block {
+        println!("== qemu-nbd (raw file, --cache=none --aio=io_uring) and null-co");
+        let file = work.join("qemu-nbd.raw");
+        for (target, backing) in [("qemu-nbd", Some(file.as_path())), ("null", None)] {
+            let r = block::start_qemu_nbd(backing, region).and_then(|mut q| {
+                let pids = q.guard.pids();
+                let r = block::run_target(
+                    target,
+                    &q.uri,
+                    region,
+                    block_runtime,
+                    &pids,
+                    backing.is_some(),
+                );
+                q.guard.stop();
+                r
+            });
+            match r {
+                Ok(v) => rep.block.extend(v),
+                Err(e) => {
+                    println!("{target}: {e:#}");
+                    rep.notes.push(format!("{target}: {e:#}"));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&file);
         write_outputs(&dir, &rep)?;
     }
 

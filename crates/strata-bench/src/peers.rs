@@ -24,6 +24,11 @@ pub struct ProcGuard {
 }
 
 impl ProcGuard {
+    /// Take charge of a started process.
+    pub fn push(&mut self, child: Child) {
+        self.children.push(child);
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self.children.iter().map(|c| c.id()).collect();
         v.extend(&self.pids);
@@ -87,6 +92,9 @@ pub struct Peer {
     pub name: String,
     pub endpoint: Endpoint,
     pub guard: ProcGuard,
+    /// Strata only: its rpc address and NBD port.
+    pub rpc_addr: Option<String>,
+    pub nbd_port: Option<u16>,
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
@@ -96,9 +104,12 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Ports of a bench node: keystone, swift, rpc, nbd, cinder, compute.
+pub type StrataPorts = [u16; 6];
+
 /// The `strata serve --config` file of a one-node, one-replica bench node.
-pub fn strata_config(data_dir: &Path, ports: [u16; 3], capacity_bytes: u64) -> String {
-    let [keystone, swift, rpc] = ports;
+pub fn strata_config(data_dir: &Path, ports: StrataPorts, capacity_bytes: u64) -> String {
+    let [keystone, swift, rpc, nbd, cinder, compute] = ports;
     let dir = data_dir
         .display()
         .to_string()
@@ -114,6 +125,9 @@ pub fn strata_config(data_dir: &Path, ports: [u16; 3], capacity_bytes: u64) -> S
          keystone = {keystone}\n\
          swift = {swift}\n\
          rpc = {rpc}\n\
+         nbd = {nbd}\n\
+         cinder = {cinder}\n\
+         compute = {compute}\n\
          \n\
          [[disks]]\n\
          path = \"disk0\"\n\
@@ -158,7 +172,10 @@ pub async fn start_strata(bin: &Path, work: &Path, capacity_bytes: u64) -> Resul
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
-    let ports = [free_port()?, free_port()?, free_port()?];
+    let mut ports: StrataPorts = [0; 6];
+    for p in &mut ports {
+        *p = free_port()?;
+    }
     let config = dir.join("node.toml");
     std::fs::write(
         &config,
@@ -199,6 +216,8 @@ pub async fn start_strata(bin: &Path, work: &Path, capacity_bytes: u64) -> Resul
         name: "strata".into(),
         endpoint,
         guard,
+        rpc_addr: Some(format!("127.0.0.1:{}", ports[2])),
+        nbd_port: Some(ports[3]),
     })
 }
 
@@ -270,6 +289,8 @@ pub async fn start_swift(work: &Path) -> Result<Peer> {
         name: "swift".into(),
         endpoint,
         guard,
+        rpc_addr: None,
+        nbd_port: None,
     })
 }
 
@@ -279,12 +300,16 @@ mod tests {
 
     #[test]
     fn strata_config_has_every_key() {
-        let c = strata_config(Path::new("/tmp/b/data"), [15000, 18080, 17400], 1 << 30);
+        let c = strata_config(
+            Path::new("/tmp/b/data"),
+            [15000, 18080, 17400, 10900, 18776, 18774],
+            1 << 30,
+        );
         for want in [
             "node-id = 1",
             "data-dir = \"/tmp/b/data\"",
             "bind = \"127.0.0.1\"",
-            "[ports]\nkeystone = 15000\nswift = 18080\nrpc = 17400",
+            "[ports]\nkeystone = 15000\nswift = 18080\nrpc = 17400\nnbd = 10900\ncinder = 18776\ncompute = 18774",
             "[[disks]]\npath = \"disk0\"\ncapacity-bytes = 1073741824",
             "[cluster]\nreplicas = 1\nwrite-quorum = 1",
         ] {

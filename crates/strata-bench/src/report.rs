@@ -1,5 +1,6 @@
 //! The report of one `strata bench` run: JSON, a Markdown summary and SVG plots.
 
+use crate::block::BlockResult;
 use crate::fio::FioResult;
 use crate::load::{Op, RunResult};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,9 @@ pub struct Report {
     /// Strata and Swift runs (`target` says which).
     pub runs: Vec<RunResult>,
     pub fio: Vec<FioResult>,
+    /// Block workloads over NBD: Strata (one replica), qemu-nbd, the null ceiling.
+    #[serde(default)]
+    pub block: Vec<BlockResult>,
     /// Peers that could not be measured, and why.
     pub notes: Vec<String>,
 }
@@ -211,7 +215,85 @@ impl Report {
                 frac.map(|f| f >= 0.8),
             ));
         }
+        for job in ["randread-4k-qd32", "randwrite-4k-qd32"] {
+            let ratio = match (
+                self.block_result("strata", job),
+                self.block_result("qemu-nbd", job),
+            ) {
+                (Some(s), Some(q)) if q.iops > 0.0 => Some(s.iops / q.iops),
+                _ => None,
+            };
+            out.push((
+                format!("NBD {job} IOPS >= 1.5x qemu-nbd's"),
+                ratio.map_or("-".into(), |r| format!("{}x", fmt_num(r))),
+                ratio.map(|r| r >= 1.5),
+            ));
+        }
+        for (job, raw_job) in [
+            ("seqread-1m-qd8", "seq-read-io_uring"),
+            ("seqwrite-1m-qd8", "seq-write-io_uring"),
+        ] {
+            let frac = match (self.block_result("strata", job), self.fio(raw_job)) {
+                (Some(s), Some(r)) if r.mib_per_s > 0.0 => Some(s.mib_per_s / r.mib_per_s),
+                _ => None,
+            };
+            out.push((
+                format!("NBD {job} MiB/s >= 0.8 of the raw disk's ({raw_job})"),
+                frac.map_or("-".into(), fmt_num),
+                frac.map(|f| f >= 0.8),
+            ));
+        }
         out
+    }
+
+    /// One block job's result for one target.
+    pub fn block_result(&self, target: &str, job: &str) -> Option<&BlockResult> {
+        self.block
+            .iter()
+            .find(|b| b.target == target && b.job == job)
+    }
+
+    /// The block table: Strata / qemu-nbd / null ceiling per job, with ratios.
+    fn block_markdown(&self, s: &mut String) {
+        if self.block.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\n## Block over NBD (fio nbd engine): Strata vs qemu-nbd vs null\n"
+        );
+        let _ = writeln!(
+            s,
+            "Strata: one replica, every write durable before it is acknowledged. qemu-nbd: raw file, `--cache=none --aio=io_uring` \
+             (writes reach the disk's cache; only a FLUSH makes them durable). null: qemu-nbd over `null-co` (stores nothing).\n"
+        );
+        let _ = writeln!(s, "| job | Strata IOPS | qemu-nbd IOPS | Strata/qemu-nbd | null IOPS | Strata MiB/s | qemu-nbd MiB/s | Strata p50/p99 ms | qemu-nbd p50/p99 ms | Strata CPU ms/op | qemu-nbd CPU ms/op |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for j in crate::block::jobs() {
+            let st = self.block_result("strata", j.name);
+            let q = self.block_result("qemu-nbd", j.name);
+            let n = self.block_result("null", j.name);
+            let lat = |r: Option<&BlockResult>| {
+                r.map_or("-".into(), |r| {
+                    format!("{} / {}", fmt_num(r.lat_p50_ms), fmt_num(r.lat_p99_ms))
+                })
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                j.name,
+                opt(st.map(|r| r.iops)),
+                opt(q.map(|r| r.iops)),
+                fmt_ratio(st.map(|r| r.iops), q.map(|r| r.iops)),
+                opt(n.map(|r| r.iops)),
+                opt(st.map(|r| r.mib_per_s)),
+                opt(q.map(|r| r.mib_per_s)),
+                lat(st),
+                lat(q),
+                opt(st.and_then(|r| r.server_cpu_ms_per_op)),
+                opt(q.and_then(|r| r.server_cpu_ms_per_op)),
+            );
+        }
     }
 
     pub fn markdown(&self) -> String {
@@ -293,6 +375,7 @@ impl Report {
             };
             let _ = writeln!(s, "| {what} | {got} | {mark} |");
         }
+        self.block_markdown(&mut s);
         let _ = writeln!(
             s,
             "\n## Generator ceiling (in-process in-memory endpoint)\n"

@@ -513,3 +513,61 @@ async fn route_item(req: &Req, rest: &[&str]) -> Result<Response> {
         _ => Err(not_found("The resource could not be found.")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn microversions_other_than_3_0_are_refused() {
+        assert!(check_microversion(&headers(&[])).is_ok());
+        for ok in ["volume 3.0", "volume latest", "Volume  3.0"] {
+            assert!(
+                check_microversion(&headers(&[("openstack-api-version", ok)])).is_ok(),
+                "{ok}"
+            );
+        }
+        // Another service's version is not ours to judge.
+        assert!(check_microversion(&headers(&[("openstack-api-version", "compute 2.90")])).is_ok());
+        let f =
+            check_microversion(&headers(&[("openstack-api-version", "volume 3.70")])).unwrap_err();
+        assert_eq!(f.status, StatusCode::NOT_ACCEPTABLE);
+        assert!(
+            check_microversion(&headers(&[("x-openstack-volume-api-version", "3.5")])).is_err()
+        );
+    }
+
+    #[test]
+    fn queries_and_paths_are_decoded() {
+        let uri: Uri = "/v3/p/volumes?name=a%20b&all_tenants=1&x=%zz&flag"
+            .parse()
+            .unwrap();
+        let q = query_map(&uri);
+        assert_eq!(q["name"], "a b");
+        assert_eq!(q["all_tenants"], "1");
+        assert_eq!(q["x"], "%zz");
+        assert_eq!(q["flag"], "");
+        assert_eq!(percent_decode("%41%"), "A%");
+        assert_eq!(percent_decode("%e2%82%ac"), "€");
+    }
+
+    #[test]
+    fn version_documents_name_3_0() {
+        let v3 = version_entry("http://h:8776", "v3");
+        assert_eq!(v3["id"], "v3.0");
+        assert_eq!(
+            (v3["version"].as_str(), v3["min_version"].as_str()),
+            (Some("3.0"), Some("3.0"))
+        );
+        assert_eq!(v3["links"][1]["href"], "http://h:8776/v3/");
+        assert_eq!(version_entry("http://h:8776", "v2")["status"], "DEPRECATED");
+    }
+}

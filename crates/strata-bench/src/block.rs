@@ -1,0 +1,267 @@
+//! Block workloads against any NBD export, driven by fio's `nbd` engine: 4 KiB random reads
+//! and writes at queue depths 1 and 32 (writes also with a FLUSH after every write), and
+//! 1 MiB sequential reads and writes. The peers are qemu-nbd serving a raw file in the same
+//! filesystem (`--cache=none --aio=io_uring`) and a protocol ceiling (qemu-nbd over
+//! `null-co`, which stores nothing).
+
+use crate::peers::{free_port, ProcGuard};
+use crate::procstat::{self, CpuSample};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One fio job of the block plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockJob {
+    pub name: &'static str,
+    /// fio's `rw`.
+    pub rw: &'static str,
+    pub block_size: u64,
+    pub iodepth: u32,
+    /// A FLUSH after every write (fio `fsync=1`).
+    pub flush: bool,
+}
+
+/// The plan, in order: reads come after the region was written once.
+pub fn jobs() -> Vec<BlockJob> {
+    let j = |name, rw, block_size, iodepth, flush| BlockJob {
+        name,
+        rw,
+        block_size,
+        iodepth,
+        flush,
+    };
+    vec![
+        j("randread-4k-qd1", "randread", 4096, 1, false),
+        j("randread-4k-qd32", "randread", 4096, 32, false),
+        j("randwrite-4k-qd1", "randwrite", 4096, 1, false),
+        j("randwrite-4k-qd32", "randwrite", 4096, 32, false),
+        j("randwrite-4k-qd1-flush", "randwrite", 4096, 1, true),
+        j("randwrite-4k-qd32-flush", "randwrite", 4096, 32, true),
+        j("seqread-1m-qd8", "read", 1 << 20, 8, false),
+        j("seqwrite-1m-qd8", "write", 1 << 20, 8, false),
+    ]
+}
+
+/// One job against one export.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BlockResult {
+    /// `strata`, `qemu-nbd`, `null`.
+    pub target: String,
+    pub job: String,
+    pub iops: f64,
+    pub mib_per_s: f64,
+    pub lat_p50_ms: f64,
+    pub lat_p99_ms: f64,
+    pub lat_p999_ms: f64,
+    /// Server CPU (all its processes) per I/O.
+    pub server_cpu_ms_per_op: Option<f64>,
+    pub load_1m: f64,
+}
+
+/// fio's figures for the side of the job that did the I/O.
+fn parse(json: &str, rw: &str) -> Result<(f64, f64, f64, f64, f64, f64)> {
+    let start = json
+        .find('{')
+        .ok_or_else(|| anyhow!("no JSON in fio output"))?;
+    let v: serde_json::Value = serde_json::from_str(&json[start..])?;
+    let side = &v["jobs"][0][if rw.contains("read") { "read" } else { "write" }];
+    let bw = side["bw_bytes"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("no bw_bytes in fio output"))?;
+    let pct = |p: &str| side["clat_ns"]["percentile"][p].as_f64().unwrap_or(0.0) / 1e6;
+    Ok((
+        side["iops"].as_f64().unwrap_or(0.0),
+        bw / (1024.0 * 1024.0),
+        pct("50.000000"),
+        pct("99.000000"),
+        pct("99.900000"),
+        side["total_ios"].as_f64().unwrap_or(0.0),
+    ))
+}
+
+fn fio(uri: &str, j: &BlockJob, size: u64, runtime: Option<Duration>) -> Result<String> {
+    let BlockJob {
+        name,
+        rw,
+        block_size: bs,
+        iodepth: depth,
+        flush,
+    } = *j;
+    let mut cmd = Command::new("fio");
+    cmd.arg(format!("--name={name}"))
+        .arg("--ioengine=nbd")
+        .arg(format!("--uri={uri}"))
+        .arg(format!("--size={size}"))
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--bs={bs}"))
+        .arg(format!("--iodepth={depth}"))
+        .arg("--randrepeat=0")
+        .arg("--output-format=json");
+    if let Some(t) = runtime {
+        cmd.arg(format!("--runtime={}", t.as_secs().max(1)))
+            .arg("--time_based");
+    }
+    if flush {
+        cmd.arg("--fsync=1");
+    }
+    let o = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("running fio (install it: apt-get install -y fio)")?;
+    if !o.status.success() {
+        bail!(
+            "fio {name} against {uri} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Writes the whole region once (reads must find data, not holes), then runs every job.
+pub fn run_target(
+    target: &str,
+    uri: &str,
+    region: u64,
+    runtime: Duration,
+    server_pids: &[u32],
+    prefill: bool,
+) -> Result<Vec<BlockResult>> {
+    if prefill {
+        let t = Instant::now();
+        let fill = BlockJob {
+            name: "prefill",
+            rw: "write",
+            block_size: 1 << 20,
+            iodepth: 8,
+            flush: false,
+        };
+        fio(uri, &fill, region, None)?;
+        println!(
+            "{target:<8} prefilled {} MiB in {:.1} s",
+            region >> 20,
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let mut out = Vec::new();
+    for j in jobs() {
+        let before = CpuSample::take(server_pids);
+        let json = fio(uri, &j, region, Some(runtime))?;
+        let after = CpuSample::take(server_pids);
+        let (iops, mib_per_s, p50, p99, p999, ios) = parse(&json, j.rw)?;
+        let cpu = before.seconds_until(&after);
+        let r = BlockResult {
+            target: target.into(),
+            job: j.name.into(),
+            iops,
+            mib_per_s,
+            lat_p50_ms: p50,
+            lat_p99_ms: p99,
+            lat_p999_ms: p999,
+            server_cpu_ms_per_op: (!server_pids.is_empty() && ios > 0.0)
+                .then(|| cpu * 1000.0 / ios),
+            load_1m: procstat::loadavg_1m(),
+        };
+        println!(
+            "{:<8} {:<24} {:>9} IOPS {:>8} MiB/s  p50 {:>7} p99 {:>7} p99.9 {:>7} ms  server CPU {} ms/op",
+            r.target,
+            r.job,
+            crate::report::fmt_num(r.iops),
+            crate::report::fmt_num(r.mib_per_s),
+            crate::report::fmt_num(r.lat_p50_ms),
+            crate::report::fmt_num(r.lat_p99_ms),
+            crate::report::fmt_num(r.lat_p999_ms),
+            r.server_cpu_ms_per_op
+                .map_or("-".into(), crate::report::fmt_num),
+        );
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// A started qemu-nbd: its export URI and its process.
+pub struct QemuNbd {
+    pub uri: String,
+    pub guard: ProcGuard,
+}
+
+/// qemu-nbd serving `file` (created with `size` bytes) with O_DIRECT and io_uring, or the
+/// `null-co` driver when `file` is None.
+pub fn start_qemu_nbd(file: Option<&Path>, size: u64) -> Result<QemuNbd> {
+    let port = free_port()?;
+    let mut cmd = Command::new("qemu-nbd");
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--export-name", "bench", "--persistent", "--shared", "16"]);
+    match file {
+        Some(f) => {
+            let fh = std::fs::File::create(f)?;
+            fh.set_len(size)?;
+            cmd.args([
+                "--format",
+                "raw",
+                "--cache",
+                "none",
+                "--aio",
+                "io_uring",
+                "--discard",
+                "unmap",
+            ])
+            .arg(f);
+        }
+        None => {
+            cmd.arg("--image-opts")
+                .arg(format!("driver=null-co,size={size},read-zeroes=on"));
+        }
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-nbd (install qemu-utils)")?;
+    let mut guard = ProcGuard::default();
+    guard.push(child);
+    // Ready when it accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("qemu-nbd did not listen on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(QemuNbd {
+        uri: format!("nbd://127.0.0.1:{port}/bench"),
+        guard,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_covers_the_workloads() {
+        let j = jobs();
+        assert!(j.iter().any(|j| j.rw == "randread" && j.iodepth == 32));
+        assert!(j
+            .iter()
+            .any(|j| j.rw == "randwrite" && j.iodepth == 32 && j.flush));
+        assert!(j.iter().any(|j| j.rw == "read" && j.block_size == 1 << 20));
+        assert!(j.iter().all(|j| j.iodepth == 1 || j.iodepth >= 8));
+    }
+
+    #[test]
+    fn parses_fio_json() {
+        let json = r#"notice
+{"jobs":[{"jobname":"x","read":{"bw_bytes":4194304,"iops":1024,"total_ios":2048,
+"clat_ns":{"percentile":{"50.000000":100000,"99.000000":2000000,"99.900000":3000000}}},
+"write":{"bw_bytes":0,"iops":0}}]}"#;
+        let (iops, mib, p50, p99, p999, ios) = parse(json, "randread").unwrap();
+        assert_eq!((iops, mib, ios), (1024.0, 4.0, 2048.0));
+        assert_eq!((p50, p99, p999), (0.1, 2.0, 3.0));
+        assert!(parse("no json", "read").is_err());
+    }
+}
