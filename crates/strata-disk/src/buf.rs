@@ -23,6 +23,12 @@ unsafe impl Send for AlignedBuf {}
 // SAFETY: see above; `&AlignedBuf` only gives read access.
 unsafe impl Sync for AlignedBuf {}
 
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 impl AlignedBuf {
     /// A zeroed buffer of `blocks` blocks. A buffer of zero blocks holds no allocation.
     pub fn zeroed(blocks: usize) -> Self {
