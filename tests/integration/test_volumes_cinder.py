@@ -406,3 +406,36 @@ def test_connection_info_names_the_nbd_export_or_the_vhost_socket(cloud):
         assert time.monotonic() < deadline, f"{path} still there after terminate_connection"
         time.sleep(0.1)
     expect(api("DELETE", f"volumes/{vid}"), 202)
+
+
+def test_snapshot_metadata_and_admin_actions(cloud):
+    api = cloud.api()
+    admin = Api(f"{cloud.node.cinder_url}/v3/{cloud.project_id}", cloud.tokens["admin"])
+    vid = expect(api("POST", "volumes", {"volume": {"size": 1}}), 202).json()["volume"]["id"]
+    sid = expect(api("POST", "snapshots", {"snapshot": {"volume_id": vid}}), 202).json()[
+        "snapshot"
+    ]["id"]
+    expect(api("POST", f"snapshots/{sid}/metadata", {"metadata": {"a": "1", "b": "2"}}), 200)
+    expect(api("DELETE", f"snapshots/{sid}/metadata/a"), 200)
+    assert expect(api("GET", f"snapshots/{sid}/metadata"), 200).json()["metadata"] == {"b": "2"}
+    r = expect(api("PUT", f"snapshots/{sid}", {"snapshot": {"name": "renamed"}}), 200)
+    assert r.json()["snapshot"]["name"] == "renamed"
+    # A snapshot in use by nothing but set to error by an admin can still be deleted;
+    # one stuck in `deleting` needs os-force_delete.
+    expect(api("POST", f"snapshots/{sid}/action", {"os-reset_status": {"status": "error"}}), 403)
+    expect(admin("POST", f"snapshots/{sid}/action",
+                 {"os-reset_status": {"status": "deleting"}}), 202)  # fmt: skip
+    assert wait_status(api, "snapshots", sid, "deleting")
+    expect(api("DELETE", f"snapshots/{sid}"), 400)
+    expect(admin("POST", f"snapshots/{sid}/action", {"os-force_delete": {}}), 202)
+    expect(api("GET", f"snapshots/{sid}"), 404)
+    # A snapshot of an in-use volume needs force.
+    expect(api("POST", f"volumes/{vid}/action", {"os-reserve": {}}), 202)
+    expect(api("POST", f"volumes/{vid}/action",
+               {"os-attach": {"instance_uuid": str(uuid.uuid4()), "mountpoint": "/dev/vdc"}}),
+           202)  # fmt: skip
+    expect(api("POST", "snapshots", {"snapshot": {"volume_id": vid}}), 400)
+    forced = expect(api("POST", "snapshots", {"snapshot": {"volume_id": vid, "force": True}}), 202)
+    expect(api("DELETE", f"snapshots/{forced.json()['snapshot']['id']}"), 202)
+    expect(api("POST", f"volumes/{vid}/action", {"os-detach": {}}), 202)
+    expect(api("DELETE", f"volumes/{vid}"), 202)

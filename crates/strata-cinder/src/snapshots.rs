@@ -287,7 +287,7 @@ pub(crate) async fn metadata(req: &Req, id: &str, rest: &[&str]) -> Result<Respo
                     .ok_or_else(|| not_found(format!("Metadata item was not found: {key}")))
             })
             .await?;
-            Ok(accepted())
+            Ok(reply(StatusCode::OK, json!({})))
         }
         _ => Err(crate::fault(
             StatusCode::METHOD_NOT_ALLOWED,
