@@ -2,6 +2,7 @@
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
+use std::sync::Mutex;
 
 /// The unit of all data I/O: offsets, lengths and buffer addresses are multiples of it.
 pub const BLOCK: usize = 4096;
@@ -11,7 +12,18 @@ pub fn blocks_for(len: usize) -> usize {
     len.div_ceil(BLOCK)
 }
 
-/// A zero-initialised buffer of a whole number of blocks, aligned to [`BLOCK`].
+/// Freed buffers kept for reads to reuse: `(capacity, address)`. A fresh buffer costs a
+/// zeroing pass and, for large ones, page faults on first touch; a read overwrites all of
+/// it anyway. Every read is checked against stored checksums, so stale bytes in a reused
+/// buffer could not pass for data.
+static POOL: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+/// Buffers kept, at most.
+const POOL_MAX: usize = 32;
+/// Largest buffer kept.
+const POOL_MAX_BYTES: usize = 4 << 20;
+
+/// A buffer of a whole number of blocks, aligned to [`BLOCK`]; its bytes are always
+/// initialised (zeroed when fresh).
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     cap: usize,
@@ -48,6 +60,22 @@ impl AlignedBuf {
         AlignedBuf { ptr, cap }
     }
 
+    /// A buffer of `blocks` blocks whose contents the caller overwrites entirely (a read):
+    /// a pooled one of that size when there is one (holding old bytes), else a zeroed one.
+    pub fn for_overwrite(blocks: usize) -> Self {
+        let cap = blocks * BLOCK;
+        let pooled = {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            pool.iter()
+                .position(|&(c, _)| c == cap)
+                .map(|i| pool.swap_remove(i).1)
+        };
+        match pooled.and_then(|addr| NonNull::new(addr as *mut u8)) {
+            Some(ptr) => AlignedBuf { ptr, cap },
+            None => Self::zeroed(blocks),
+        }
+    }
+
     /// A buffer holding `data`, its tail block padded with zeroes.
     pub fn from_slice(data: &[u8]) -> Self {
         let mut buf = Self::zeroed(blocks_for(data.len()));
@@ -81,8 +109,9 @@ impl AlignedBuf {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr` is valid for `cap` initialised (zeroed at allocation) bytes, or dangling
-        // with `cap == 0`, which is allowed for an empty slice.
+        // SAFETY: `ptr` is valid for `cap` initialised bytes (zeroed at allocation, only
+        // written since, also while pooled), or dangling with `cap == 0`, which is allowed
+        // for an empty slice.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.cap) }
     }
 
@@ -94,8 +123,17 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.cap != 0 && self.cap <= POOL_MAX_BYTES {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < POOL_MAX {
+                // The pool now owns the allocation; `for_overwrite` hands it out again.
+                pool.push((self.cap, self.ptr.as_ptr() as usize));
+                return;
+            }
+        }
         if self.cap != 0 {
-            // SAFETY: the pointer came from `alloc_zeroed` with exactly this layout.
+            // SAFETY: the pointer came from `alloc_zeroed` with exactly this layout (a pooled
+            // buffer keeps the capacity it was allocated with).
             unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
         }
     }
@@ -135,5 +173,19 @@ mod tests {
         let e = AlignedBuf::from_slice(&[]);
         assert!(e.is_empty());
         assert_eq!(e.as_slice().len(), 0);
+    }
+
+    #[test]
+    fn pooled_buffers_serve_overwrites_only() {
+        for _ in 0..4 {
+            let mut b = AlignedBuf::for_overwrite(3);
+            assert_eq!(b.len(), 3 * BLOCK);
+            assert_eq!(b.as_ptr() as usize % BLOCK, 0);
+            b.as_mut_slice().fill(0xee);
+        }
+        // Whatever the pool holds now, a zeroed buffer is zeroed.
+        assert!(AlignedBuf::zeroed(3).as_slice().iter().all(|&x| x == 0));
+        // Buffers too large for the pool are freed, not kept.
+        drop(AlignedBuf::for_overwrite(POOL_MAX_BYTES / BLOCK + 1));
     }
 }

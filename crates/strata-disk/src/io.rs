@@ -65,7 +65,7 @@ impl IoEngine {
 
     /// Reads `blocks` whole blocks starting at byte `offset` (block aligned).
     pub(crate) async fn read(&self, offset: u64, blocks: usize) -> io::Result<AlignedBuf> {
-        let buf = AlignedBuf::zeroed(blocks);
+        let buf = AlignedBuf::for_overwrite(blocks);
         if buf.is_empty() {
             return Ok(buf);
         }
