@@ -101,3 +101,11 @@ def keystone_token(node: Node, cred: Cred) -> tuple[str, str]:
     r = requests.post(f"{node.keystone_url}/auth/tokens", json=body, timeout=30)
     assert r.status_code == 201, f"token for {cred.user}: {r.status_code} {r.text[:200]}"
     return r.headers["X-Subject-Token"], r.json()["token"]["project"]["id"]
+
+
+def expect(resp: requests.Response, *codes: int) -> requests.Response:
+    """`resp`, once its status is one of `codes` (else the test fails, showing the answer)."""
+    assert resp.status_code in codes, (
+        f"{resp.request.method} {resp.url}: {resp.status_code} (wanted {codes}) {resp.text[:300]}"
+    )
+    return resp

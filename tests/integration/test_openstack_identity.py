@@ -19,7 +19,7 @@ import requests
 from swiftclient.client import Connection
 
 from harness import ADMIN_DOMAIN, ADMIN_PROJECT, ADMIN_USER
-from osc import Cred, Osc, openstack_cli, unique  # noqa: F401 (openstack_cli: a fixture)
+from osc import Cred, Osc, expect, openstack_cli, unique  # noqa: F401 (openstack_cli: a fixture)
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 DEFAULT_DOMAIN_ID = "default"
@@ -321,13 +321,6 @@ class Swift:
         h.update({k.replace("_", "-"): v for k, v in headers.items()})
         url = f"{self.base}/{path}" if path else self.base
         return requests.request(method, url, data=data, headers=h, timeout=30)
-
-
-def expect(resp: requests.Response, *codes: int) -> requests.Response:
-    assert resp.status_code in codes, (
-        f"{resp.request.method} {resp.url}: {resp.status_code} (wanted {codes}) {resp.text[:200]}"
-    )
-    return resp
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from harness import ADMIN_PROJECT, ADMIN_USER, MiB, Node
-from osc import Cred, Osc, keystone_token, openstack_cli, unique  # noqa: F401 (a fixture)
+from osc import Cred, Osc, expect, keystone_token, openstack_cli, unique  # noqa: F401 (a fixture)
 
 GiB = 1 << 30
 
@@ -48,13 +48,6 @@ class Api:
         h = {"X-Auth-Token": self.token} if self.token else {}
         h.update(headers)
         return requests.request(method, f"{self.base}/{path}", json=body, headers=h, timeout=60)
-
-
-def expect(resp: requests.Response, *codes: int) -> requests.Response:
-    assert resp.status_code in codes, (
-        f"{resp.request.method} {resp.url}: {resp.status_code} (wanted {codes}) {resp.text[:300]}"
-    )
-    return resp
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ use strata_volume::{Volume, VolumeSpec, EXTENT_BYTES};
 use crate::model::{self, BackupRecord, ExtentRef, VolumeRecord, BACKUPS, VOLUMES};
 use crate::volumes::{self, accepted, invalid_status, page};
 use crate::{
-    bad_request, not_found, put, quotas, reply, unchanged, volume_fault, CinderGateway, Req, Result,
+    bad_request, not_found, put, quotas, reply, text_field, unchanged, volume_fault, CinderGateway,
+    Req, Result,
 };
 
 const DEFAULT_CONTAINER: &str = "volumebackups";
@@ -87,16 +88,6 @@ pub(crate) async fn show(req: &Req, id: &str) -> Result<Response> {
     ))
 }
 
-fn text(m: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= 255 => Ok(Some(s.clone())),
-        Some(_) => Err(bad_request(format!(
-            "Invalid input received: {key} must be a string of at most 255 characters."
-        ))),
-    }
-}
-
 /// Change a record by compare-and-set, retrying on races (background tasks own the
 /// transitions they make).
 async fn update_record<T: Serialize + for<'de> Deserialize<'de>>(
@@ -144,9 +135,9 @@ fn frozen(snap: &block::SnapshotSpec) -> VolumeSpec {
 pub(crate) async fn create(req: &Req) -> Result<Response> {
     req.require_writer()?;
     let body = req.body_object("backup")?;
-    let volume_id = text(&body, "volume_id")?
+    let volume_id = text_field(&body, &["volume_id"])?
         .ok_or_else(|| bad_request("Invalid input received: volume_id is required."))?;
-    let container = text(&body, "container")?.unwrap_or_else(|| DEFAULT_CONTAINER.into());
+    let container = text_field(&body, &["container"])?.unwrap_or_else(|| DEFAULT_CONTAINER.into());
     if container.is_empty() || container.contains('/') {
         return Err(bad_request("Invalid input received: bad container name."));
     }
@@ -155,7 +146,7 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let force = body.get("force").and_then(Value::as_bool).unwrap_or(false);
-    let snapshot_id = text(&body, "snapshot_id")?;
+    let snapshot_id = text_field(&body, &["snapshot_id"])?;
     let (vol, _) = volumes::load(req, &volume_id).await?;
     let ok: &[&str] = if force || snapshot_id.is_some() {
         &["available", "in-use"]
@@ -216,8 +207,8 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
         user_id: req.ctx.user_id.clone(),
         volume_id: volume_id.clone(),
         snapshot_id: snapshot_id.clone(),
-        name: text(&body, "name")?,
-        description: text(&body, "description")?,
+        name: text_field(&body, &["name"])?,
+        description: text_field(&body, &["description"])?,
         size: vol.size,
         status: "creating".into(),
         fail_reason: None,
@@ -527,7 +518,7 @@ pub(crate) async fn restore(req: &Req, id: &str) -> Result<Response> {
             b.status
         )));
     }
-    let target = match text(&body, "volume_id")? {
+    let target = match text_field(&body, &["volume_id"])? {
         Some(vid) => {
             let (v, _) = volumes::load(req, &vid).await?;
             if v.status != "available" {
@@ -542,7 +533,8 @@ pub(crate) async fn restore(req: &Req, id: &str) -> Result<Response> {
             v
         }
         None => {
-            let name = text(&body, "name")?.unwrap_or_else(|| format!("restore_backup_{id}"));
+            let name =
+                text_field(&body, &["name"])?.unwrap_or_else(|| format!("restore_backup_{id}"));
             crate::volumes::create_plain(req, Some(name), b.size).await?
         }
     };

@@ -234,6 +234,26 @@ impl Req {
     }
 }
 
+/// The first of `keys` present in a request object, as a string of at most 255 characters;
+/// None when none is there (or all are null). Anything else is a 400.
+pub(crate) fn text_field(
+    m: &serde_json::Map<String, Value>,
+    keys: &[&str],
+) -> Result<Option<String>> {
+    for k in keys {
+        match m.get(*k) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s.len() <= 255 => return Ok(Some(s.clone())),
+            Some(_) => {
+                return Err(bad_request(format!(
+                    "Invalid input received: {k} must be a string of at most 255 characters."
+                )))
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// An `Equals` check on a record as read.
 pub(crate) fn unchanged(table: &str, id: &str, raw: Vec<u8>) -> Check {
     Check::Equals {

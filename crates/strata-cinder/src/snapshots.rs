@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 use crate::model::{self, SnapshotRecord, SNAPSHOTS, VOLUMES};
 use crate::volumes::{self, accepted, invalid_status, metadata_field, page};
 use crate::{
-    bad_request, del, not_found, put, quotas, reply, unchanged, volume_fault, Req, Result,
+    bad_request, del, not_found, put, quotas, reply, text_field, unchanged, volume_fault, Req,
+    Result,
 };
 use strata_volume::records as block;
 
@@ -72,21 +73,6 @@ pub(crate) async fn show(req: &Req, id: &str) -> Result<Response> {
     ))
 }
 
-fn text(m: &serde_json::Map<String, Value>, keys: &[&str]) -> Result<Option<String>> {
-    for k in keys {
-        match m.get(*k) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s.len() <= 255 => return Ok(Some(s.clone())),
-            Some(_) => {
-                return Err(bad_request(format!(
-                    "Invalid input received: {k} must be a string of at most 255 characters."
-                )))
-            }
-        }
-    }
-    Ok(None)
-}
-
 fn truthy(v: Option<&Value>) -> Result<bool> {
     match v {
         None | Some(Value::Null) => Ok(false),
@@ -104,11 +90,11 @@ fn truthy(v: Option<&Value>) -> Result<bool> {
 pub(crate) async fn create(req: &Req) -> Result<Response> {
     req.require_writer()?;
     let body = req.body_object("snapshot")?;
-    let volume_id = text(&body, &["volume_id"])?
+    let volume_id = text_field(&body, &["volume_id"])?
         .ok_or_else(|| bad_request("Invalid input received: volume_id is required."))?;
     let force = truthy(body.get("force"))?;
-    let name = text(&body, &["name", "display_name"])?;
-    let description = text(&body, &["description", "display_description"])?;
+    let name = text_field(&body, &["name", "display_name"])?;
+    let description = text_field(&body, &["description", "display_description"])?;
     let metadata = metadata_field(&body, "metadata")?;
     let (vol, vol_raw) = volumes::load(req, &volume_id).await?;
     let ok: &[&str] = if force {
@@ -165,8 +151,8 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
 pub(crate) async fn update(req: &Req, id: &str) -> Result<Response> {
     req.require_writer()?;
     let body = req.body_object("snapshot")?;
-    let name = text(&body, &["name", "display_name"])?;
-    let description = text(&body, &["description", "display_description"])?;
+    let name = text_field(&body, &["name", "display_name"])?;
+    let description = text_field(&body, &["description", "display_description"])?;
     if name.is_none() && description.is_none() {
         return Err(bad_request(
             "Invalid input received: give name or description.",

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use crate::model::{self, TypeRecord, DEFAULT_TYPE_ID, TYPES, VOLUMES};
 use crate::volumes::{accepted, metadata_field};
 use crate::{
-    bad_request, conflict, del, meta_fault, not_found, put, reply, unchanged, Req, Result,
+    bad_request, conflict, del, meta_fault, not_found, put, reply, text_field, unchanged, Req,
+    Result,
 };
 
 /// Every type, the default one included even before anything stored it.
@@ -98,16 +99,6 @@ pub(crate) async fn show(req: &Req, id: &str) -> Result<Response> {
     ))
 }
 
-fn text(m: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= 255 => Ok(Some(s.clone())),
-        Some(_) => Err(bad_request(format!(
-            "Invalid input received: {key} must be a string of at most 255 characters."
-        ))),
-    }
-}
-
 fn public_flag(m: &serde_json::Map<String, Value>) -> Result<Option<bool>> {
     match m
         .get("os-volume-type-access:is_public")
@@ -126,7 +117,7 @@ fn public_flag(m: &serde_json::Map<String, Value>) -> Result<Option<bool>> {
 pub(crate) async fn create(req: &Req) -> Result<Response> {
     req.require_admin()?;
     let body = req.body_object("volume_type")?;
-    let name = text(&body, "name")?
+    let name = text_field(&body, &["name"])?
         .filter(|n| !n.trim().is_empty())
         .ok_or_else(|| bad_request("Invalid input received: name is required."))?;
     if all(req).await?.iter().any(|(t, _)| t.name == name) {
@@ -135,7 +126,7 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
     let t = TypeRecord {
         id: model::new_id(),
         name,
-        description: text(&body, "description")?,
+        description: text_field(&body, &["description"])?,
         is_public: public_flag(&body)?.unwrap_or(true),
         extra_specs: metadata_field(&body, "extra_specs")?,
     };
@@ -150,13 +141,13 @@ pub(crate) async fn update(req: &Req, id: &str) -> Result<Response> {
     req.require_admin()?;
     let body = req.body_object("volume_type")?;
     let (mut t, raw) = load(req, id).await?;
-    if let Some(n) = text(&body, "name")? {
+    if let Some(n) = text_field(&body, &["name"])? {
         if n != t.name && all(req).await?.iter().any(|(o, _)| o.name == n) {
             return Err(conflict(format!("Volume Type {n} already exists.")));
         }
         t.name = n;
     }
-    if let Some(d) = text(&body, "description")? {
+    if let Some(d) = text_field(&body, &["description"])? {
         t.description = Some(d);
     }
     if let Some(p) = public_flag(&body)? {

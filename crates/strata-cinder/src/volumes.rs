@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{self, Attachment, VolumeRecord, GIB, SNAPSHOTS, VOLUMES};
 use crate::{
-    bad_request, del, not_found, put, quotas, reply, types, unchanged, volume_fault, Req, Result,
+    bad_request, del, not_found, put, quotas, reply, text_field, types, unchanged, volume_fault,
+    Req, Result,
 };
 use strata_volume::records as block;
 
@@ -146,22 +147,6 @@ pub(crate) async fn show(req: &Req, id: &str) -> Result<Response> {
     ))
 }
 
-fn string_field(m: &Map<String, Value>, keys: &[&str]) -> Result<Option<String>> {
-    for k in keys {
-        match m.get(*k) {
-            None | Some(Value::Null) => continue,
-            Some(Value::String(s)) => {
-                if s.len() > 255 {
-                    return Err(bad_request(format!("{k} is longer than 255 characters.")));
-                }
-                return Ok(Some(s.clone()));
-            }
-            Some(_) => return Err(bad_request(format!("{k} must be a string."))),
-        }
-    }
-    Ok(None)
-}
-
 /// A positive integer given as a JSON number or a numeric string.
 pub(crate) fn int_field(m: &Map<String, Value>, key: &str) -> Result<Option<u64>> {
     let bad = || {
@@ -207,16 +192,16 @@ pub(crate) fn metadata_field(
 pub(crate) async fn create(req: &Req) -> Result<Response> {
     req.require_writer()?;
     let body = req.body_object("volume")?;
-    let name = string_field(&body, &["name", "display_name"])?;
-    let description = string_field(&body, &["description", "display_description"])?;
+    let name = text_field(&body, &["name", "display_name"])?;
+    let description = text_field(&body, &["description", "display_description"])?;
     let metadata = metadata_field(&body, "metadata")?;
     let size = int_field(&body, "size")?;
-    let snapshot_id = string_field(&body, &["snapshot_id"])?;
-    let source_volid = string_field(&body, &["source_volid"])?;
-    if let Some(image) = string_field(&body, &["imageRef"])? {
+    let snapshot_id = text_field(&body, &["snapshot_id"])?;
+    let source_volid = text_field(&body, &["source_volid"])?;
+    if let Some(image) = text_field(&body, &["imageRef"])? {
         return Err(not_found(format!("Image {image} could not be found.")));
     }
-    if let Some(az) = string_field(&body, &["availability_zone"])? {
+    if let Some(az) = text_field(&body, &["availability_zone"])? {
         if az != "nova" {
             return Err(bad_request(format!(
                 "Invalid input received: Availability zone '{az}' is invalid."
@@ -233,7 +218,7 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
             "Invalid input received: give at most one of snapshot_id and source_volid.",
         ));
     }
-    let type_id = types::resolve(req, string_field(&body, &["volume_type"])?.as_deref()).await?;
+    let type_id = types::resolve(req, text_field(&body, &["volume_type"])?.as_deref()).await?;
 
     let id = model::new_id();
     let (source_size, mut checks, engine, bootable) = if let Some(sid) = &snapshot_id {
@@ -384,8 +369,8 @@ pub(crate) async fn create_plain(
 pub(crate) async fn update(req: &Req, id: &str) -> Result<Response> {
     req.require_writer()?;
     let body = req.body_object("volume")?;
-    let name = string_field(&body, &["name", "display_name"])?;
-    let description = string_field(&body, &["description", "display_description"])?;
+    let name = text_field(&body, &["name", "display_name"])?;
+    let description = text_field(&body, &["description", "display_description"])?;
     let metadata = body
         .contains_key("metadata")
         .then(|| metadata_field(&body, "metadata"))
