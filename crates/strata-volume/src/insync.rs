@@ -76,7 +76,8 @@ impl InSync {
     /// the write. An already stale replica is re-marked at most once a second per node.
     pub async fn mark(&self, layer: u64, disk: u64) -> Result<(), MetaError> {
         let now = Instant::now();
-        if self.is_stale(layer, disk) {
+        let was_stale = self.is_stale(layer, disk);
+        if was_stale {
             let mut remarked = self
                 .inner
                 .remarked
@@ -107,13 +108,14 @@ impl InSync {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((layer, disk), now);
-        let fresh = self
-            .inner
+        // The registry may already have reloaded the record; what counts is that this call
+        // moved the replica out.
+        self.inner
             .stale
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert((layer, disk));
-        if fresh {
+        if !was_stale {
             tracing::warn!(
                 layer,
                 disk,
