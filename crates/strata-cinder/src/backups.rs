@@ -48,10 +48,7 @@ fn prefix(volume_id: &str, backup_id: &str) -> String {
 }
 
 pub(crate) async fn load(req: &Req, id: &str) -> Result<(BackupRecord, Vec<u8>)> {
-    match req.load::<BackupRecord>(BACKUPS, id).await? {
-        Some((b, raw)) if req.may_see(&b.project_id) => Ok((b, raw)),
-        _ => Err(not_found(format!("Backup {id} could not be found."))),
-    }
+    req.visible(id).await
 }
 
 pub(crate) async fn list(req: &Req, detail: bool) -> Result<Response> {
@@ -345,28 +342,6 @@ async fn read_manifest(
     serde_json::from_slice(&raw).map_err(|e| format!("backup {} manifest: {e}", b.id))
 }
 
-/// Whether `[offset, offset + len)` holds no written block in any layer.
-async fn is_hole(vol: &Volume, offset: u64, len: u64) -> std::result::Result<bool, String> {
-    let end = offset + len;
-    let mut at = offset;
-    while at < end {
-        let map = vol
-            .block_status(at, end - at)
-            .await
-            .map_err(|e| format!("mapping {at}: {e}"))?;
-        if map.is_empty() {
-            break;
-        }
-        for e in map {
-            if !e.hole {
-                return Ok(false);
-            }
-            at += e.len;
-        }
-    }
-    Ok(true)
-}
-
 /// Copy the frozen chain into objects; returns how many objects this backup stored.
 async fn run_backup(
     gw: &Arc<CinderGateway>,
@@ -391,9 +366,7 @@ async fn run_backup(
     for n in 0..count {
         let offset = n * EXTENT_BYTES;
         let len = EXTENT_BYTES.min(source.size_bytes - offset) as usize;
-        if is_hole(&vol, offset, len as u64).await? {
-            continue;
-        }
+        // Holes read as zeroes without touching a disk; an all-zero extent is not stored.
         let data = vol
             .read(offset, len)
             .await
@@ -610,7 +583,6 @@ async fn run_restore(
             }
             // Zeroing over a snapshot's layers writes zero blocks: skip extents that
             // already read as zeroes.
-            None if is_hole(&vol, offset, len).await? => {}
             None => {
                 let now = vol
                     .read(offset, len as usize)

@@ -196,6 +196,34 @@ impl Req {
         Ok(raw.and_then(|raw| model::decode(&raw).map(|v| (v, raw))))
     }
 
+    /// A record the caller may see, with its stored bytes (for an `Equals` check); 404
+    /// otherwise.
+    pub async fn visible<T: model::Owned>(&self, id: &str) -> Result<(T, Vec<u8>)> {
+        match self.load::<T>(T::TABLE, id).await? {
+            Some((r, raw)) if self.may_see(r.project_id()) => Ok((r, raw)),
+            _ => Err(not_found(format!("{} {id} could not be found.", T::KIND))),
+        }
+    }
+
+    /// Apply `f` to a record in one transaction that fails (409) if the record changed since
+    /// it was read; returns the new record.
+    pub async fn change<T: model::Owned>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut T) -> Result<()>,
+    ) -> Result<T> {
+        let (mut r, raw) = self.visible::<T>(id).await?;
+        f(&mut r)?;
+        r.touch(model::now());
+        self.commit(
+            vec![unchanged(T::TABLE, id, raw)],
+            vec![put(T::TABLE, id, model::encode(&r))],
+            &format!("{} {id}", T::KIND),
+        )
+        .await?;
+        Ok(r)
+    }
+
     /// Every record of a table this caller may list (own project, or all with `all_tenants`).
     pub async fn list<T: DeserializeOwned>(
         &self,

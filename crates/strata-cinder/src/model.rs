@@ -143,6 +143,34 @@ pub struct QuotaRecord {
     pub limits: BTreeMap<String, i64>,
 }
 
+/// A record a project owns, kept in one meta table and stamped when it changes.
+pub trait Owned: Serialize + for<'de> Deserialize<'de> {
+    const TABLE: &'static str;
+    /// How faults name it: `Volume`, `Snapshot`, `Backup`.
+    const KIND: &'static str;
+    fn project_id(&self) -> &str;
+    fn touch(&mut self, at: String);
+}
+
+macro_rules! owned {
+    ($ty:ty, $table:expr, $kind:expr) => {
+        impl Owned for $ty {
+            const TABLE: &'static str = $table;
+            const KIND: &'static str = $kind;
+            fn project_id(&self) -> &str {
+                &self.project_id
+            }
+            fn touch(&mut self, at: String) {
+                self.updated_at = Some(at);
+            }
+        }
+    };
+}
+
+owned!(VolumeRecord, VOLUMES, "Volume");
+owned!(SnapshotRecord, SNAPSHOTS, "Snapshot");
+owned!(BackupRecord, BACKUPS, "Backup");
+
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Records are plain structs of strings, numbers and maps: they always serialize.
     serde_json::to_vec(v).unwrap_or_default()

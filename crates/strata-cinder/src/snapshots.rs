@@ -13,27 +13,15 @@ use crate::{
 use strata_volume::records as block;
 
 pub(crate) async fn load(req: &Req, id: &str) -> Result<(SnapshotRecord, Vec<u8>)> {
-    match req.load::<SnapshotRecord>(SNAPSHOTS, id).await? {
-        Some((s, raw)) if req.may_see(&s.project_id) => Ok((s, raw)),
-        _ => Err(not_found(format!("Snapshot {id} could not be found."))),
-    }
+    req.visible(id).await
 }
 
 async fn change(
     req: &Req,
     id: &str,
-    change: impl FnOnce(&mut SnapshotRecord) -> Result<()>,
+    f: impl FnOnce(&mut SnapshotRecord) -> Result<()>,
 ) -> Result<SnapshotRecord> {
-    let (mut s, raw) = load(req, id).await?;
-    change(&mut s)?;
-    s.updated_at = Some(model::now());
-    req.commit(
-        vec![unchanged(SNAPSHOTS, id, raw)],
-        vec![put(SNAPSHOTS, id, model::encode(&s))],
-        &format!("Snapshot {id}"),
-    )
-    .await?;
-    Ok(s)
+    req.change(id, f).await
 }
 
 pub(crate) async fn list(req: &Req, detail: bool) -> Result<Response> {

@@ -50,12 +50,9 @@ pub(crate) fn invalid_status(id: &str, status: &str, wanted: &[&str]) -> crate::
     ))
 }
 
-/// A volume the caller may see, with its stored bytes (for an `Equals` check).
+/// A volume the caller may see, with its stored bytes.
 pub(crate) async fn load(req: &Req, id: &str) -> Result<(VolumeRecord, Vec<u8>)> {
-    match req.load::<VolumeRecord>(VOLUMES, id).await? {
-        Some((v, raw)) if req.may_see(&v.project_id) => Ok((v, raw)),
-        _ => Err(not_found(format!("Volume {id} could not be found."))),
-    }
+    req.visible(id).await
 }
 
 pub(crate) async fn view(req: &Req, v: &VolumeRecord) -> Result<Value> {
@@ -71,22 +68,13 @@ fn view_with(req: &Req, v: &VolumeRecord, type_names: &HashMap<String, String>) 
     model::volume_view(v, &type_name, req.is_admin(), req.links("volumes", &v.id))
 }
 
-/// Apply `change` to a volume's record in one checked transaction; returns the new record.
+/// Change a volume's record in one checked transaction.
 pub(crate) async fn change(
     req: &Req,
     id: &str,
-    change: impl FnOnce(&mut VolumeRecord) -> Result<()>,
+    f: impl FnOnce(&mut VolumeRecord) -> Result<()>,
 ) -> Result<VolumeRecord> {
-    let (mut v, raw) = load(req, id).await?;
-    change(&mut v)?;
-    v.updated_at = Some(model::now());
-    req.commit(
-        vec![unchanged(VOLUMES, id, raw)],
-        vec![put(VOLUMES, id, model::encode(&v))],
-        &format!("Volume {id}"),
-    )
-    .await?;
-    Ok(v)
+    req.change(id, f).await
 }
 
 fn filters_match(req: &Req, v: &VolumeRecord) -> bool {
