@@ -60,6 +60,9 @@ pub struct SuiteArgs {
     /// Skip the block workloads (NBD: Strata, qemu-nbd, null).
     #[arg(long)]
     pub skip_block: bool,
+    /// Skip the object workloads (Strata's and Swift's): only the block stage and the raw disk.
+    #[arg(long)]
+    pub skip_object: bool,
 }
 
 /// One workload against a given endpoint.
@@ -488,7 +491,11 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
         write_outputs(&dir, &rep)?;
     }
 
-    let steps = plan(a.quick);
+    let steps = if a.skip_object {
+        Vec::new()
+    } else {
+        plan(a.quick)
+    };
     let (region, block_runtime) = if a.quick {
         (512 * MIB, Duration::from_secs(3))
     } else {
@@ -522,7 +529,7 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
     }
 
     // 4. OpenStack Swift.
-    if !a.skip_swift {
+    if !a.skip_swift && !a.skip_object {
         println!("== OpenStack Swift");
         let r = async {
             let mut peer = peers::start_swift(&work).await?;

@@ -213,20 +213,21 @@ impl DataPlane {
 
     // ---- volume blocks on one replica (the volume layer chooses replicas) ----
 
-    /// Write whole 4 KiB blocks of a volume on one replica; `Ok` means durable there.
+    /// Write 4 KiB blocks of a volume on one replica: block `blocks[i]` gets the `i`th 4 KiB
+    /// of `data` (`blocks` strictly ascending, not necessarily adjacent); `Ok` means durable
+    /// there.
     pub async fn replica_write_blocks(
         &self,
         r: Replica,
         volume: u64,
-        first_block: u64,
+        blocks: &[u64],
         data: Bytes,
     ) -> Result<()> {
         if r.node == self.cfg.node_id {
-            self.local_write_blocks(r.disk, volume, first_block, data)
-                .await
+            self.local_write_blocks(r.disk, volume, blocks, data).await
         } else {
             self.peers
-                .write_blocks(r.node, r.disk, volume, first_block, data)
+                .write_blocks(r.node, r.disk, volume, blocks, data)
                 .await
         }
     }
@@ -274,11 +275,11 @@ impl DataPlane {
         &self,
         disk: DiskId,
         layer: u64,
-        first_block: u64,
+        blocks: &[u64],
         data: Bytes,
     ) -> Result<()> {
         let d = self.local_disk(disk)?;
-        Ok(self.resync.write(d, disk, layer, first_block, data).await?)
+        Ok(self.resync.write(d, disk, layer, blocks, data).await?)
     }
 
     /// An ordinary block trim on a disk of this node (seen by a resync of its layer).

@@ -223,13 +223,13 @@ impl Peers {
         node: NodeId,
         disk: DiskId,
         volume: u64,
-        first_block: u64,
+        blocks: &[u64],
         data: Bytes,
     ) -> Result<()> {
         let req = pb::WriteBlocksRequest {
             disk_id: disk,
             volume,
-            first_block,
+            blocks: blocks.to_vec(),
             crc32c: crc32c::crc32c(&data),
             data: data.to_vec(),
         };

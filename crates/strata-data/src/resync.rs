@@ -44,22 +44,22 @@ impl Tracker {
         }
     }
 
-    /// An ordinary write of whole blocks to a local disk.
+    /// An ordinary write of whole blocks (`blocks[i]` gets the `i`th 4 KiB of `data`) to a
+    /// local disk.
     pub(crate) async fn write(
         &self,
         disk: &Disk,
         id: DiskId,
         layer: u64,
-        first: u64,
+        blocks: &[u64],
         data: Bytes,
     ) -> Result<(), DiskError> {
-        let count = (data.len() / strata_disk::BLOCK_BYTES) as u64;
         match self.get(id, layer) {
-            None => disk.write_blocks(layer, first, data).await,
+            None => disk.write_block_list(layer, blocks, data).await,
             Some(dirty) => {
                 let mut g = dirty.lock().await;
-                disk.write_blocks(layer, first, data).await?;
-                g.extend(first..first + count);
+                disk.write_block_list(layer, blocks, data).await?;
+                g.extend(blocks.iter().copied());
                 Ok(())
             }
         }

@@ -114,7 +114,7 @@ async fn volume_blocks_cross_the_wire_verified() {
     };
     let data: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 7 + 3) as u8).collect();
     a.data
-        .replica_write_blocks(remote, 9, 10, Bytes::from(data.clone()))
+        .replica_write_blocks(remote, 9, &[10, 11, 12], Bytes::from(data.clone()))
         .await
         .expect("remote write");
     let read = a
@@ -135,12 +135,32 @@ async fn volume_blocks_cross_the_wire_verified() {
         .await
         .expect("read");
     assert_eq!(read.present, [true, false, true]);
-    // A malformed request is refused by the remote disk, not a crash.
+    // Scattered blocks in one request land where their numbers say.
+    let two: Vec<u8> = (0..2 * 4096u32).map(|i| (i % 251) as u8).collect();
+    a.data
+        .replica_write_blocks(remote, 9, &[20, 30], Bytes::from(two.clone()))
+        .await
+        .expect("scattered write");
+    let read = a
+        .data
+        .replica_read_blocks(remote, 9, 20, 11)
+        .await
+        .expect("read");
+    assert_eq!(read.present.iter().filter(|p| **p).count(), 2);
+    assert!(read.present[0] && read.present[10]);
+    assert_eq!(&read.data[..4096], &two[..4096]);
+    assert_eq!(&read.data[10 * 4096..], &two[4096..]);
+    // Malformed requests are refused by the remote disk, not a crash.
     let odd = a
         .data
-        .replica_write_blocks(remote, 9, 0, Bytes::from(vec![1u8; 100]))
+        .replica_write_blocks(remote, 9, &[0], Bytes::from(vec![1u8; 100]))
         .await;
     assert!(odd.is_err());
+    let unordered = a
+        .data
+        .replica_write_blocks(remote, 9, &[5, 4], Bytes::from(two))
+        .await;
+    assert!(unordered.is_err());
 }
 
 #[tokio::test]

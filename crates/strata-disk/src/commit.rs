@@ -46,11 +46,11 @@ pub(crate) enum CommitOp {
         key: Vec<u8>,
         reply: oneshot::Sender<Result<()>>,
     },
-    /// Volume blocks `first..first + crcs.len()` are written (not yet synced) at data-area
-    /// blocks `start..`.
+    /// Volume blocks `blocks[i]` are written (not yet synced) at data-area blocks
+    /// `start + i`.
     WriteBlocks {
         volume: u64,
-        first: u64,
+        blocks: Vec<u64>,
         start: u64,
         crcs: Vec<u32>,
         reply: oneshot::Sender<Result<()>>,
@@ -375,18 +375,19 @@ impl Committer {
                 }
                 CommitOp::WriteBlocks {
                     volume,
-                    first,
+                    blocks: numbers,
                     start,
                     crcs,
                     ..
                 } => {
-                    let olds: Result<Vec<Option<u64>>> = (0..crcs.len() as u64)
-                        .map(|i| self.block_addr(&mut block_state, blocks, *volume, first + i))
+                    let olds: Result<Vec<Option<u64>>> = numbers
+                        .iter()
+                        .map(|&b| self.block_addr(&mut block_state, blocks, *volume, b))
                         .collect();
                     match olds {
                         Ok(olds) => {
                             for (i, (old, crc)) in olds.into_iter().zip(crcs).enumerate() {
-                                let block = first + i as u64;
+                                let block = numbers[i];
                                 let addr = start + i as u64;
                                 if let Some(old) = old {
                                     released.push(Extent { start: old, len: 1 });

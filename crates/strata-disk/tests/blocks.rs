@@ -192,3 +192,40 @@ fn malformed_requests_are_refused() {
         ));
     });
 }
+
+#[test]
+fn scattered_blocks_land_in_one_extent_and_survive_reopen() {
+    for_both(|dir, syscall| {
+        let data = pattern(11, 4);
+        let blocks = [3u64, 7, 8, 1000];
+        rt().block_on(async {
+            let d = open(dir, syscall);
+            d.write_block_list(2, &blocks, Bytes::from(data.clone()))
+                .await
+                .expect("scattered write");
+            // One I/O: the blocks sit side by side in the data area.
+            let at: Vec<u64> = blocks
+                .iter()
+                .map(|&b| d.block_location(2, b).unwrap().expect("written"))
+                .collect();
+            assert!(at.windows(2).all(|w| w[1] == w[0] + BLOCK_BYTES as u64));
+            // Malformed lists are refused.
+            for bad in [&[5u64, 5][..], &[6, 5], &[1]] {
+                let r = d
+                    .write_block_list(2, bad, Bytes::from(pattern(1, 2)))
+                    .await;
+                assert!(matches!(r, Err(DiskError::BadBlockRange(_))), "{bad:?}");
+            }
+        });
+        rt().block_on(async {
+            let d = open(dir, syscall);
+            let read = d.read_blocks(2, 0, 1001).await.expect("read");
+            for (i, &b) in blocks.iter().enumerate() {
+                let want = &data[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+                assert_eq!(&read.data[b as usize * BLOCK_BYTES..][..BLOCK_BYTES], want);
+            }
+            let present: Vec<u64> = (0..1001u64).filter(|&b| read.present[b as usize]).collect();
+            assert_eq!(present, blocks);
+        });
+    });
+}

@@ -7,10 +7,12 @@
 //! fallback. It must not know wire protocols: it implements `strata_nbd::BlockTarget`,
 //! which the NBD server and the vhost-user-blk backend drive.
 //!
-//! A write goes to every replica of its extent and is acknowledged once a write quorum of
+//! A write is acknowledged once it is in the volume's write-back cache ([`cache`]); the cache
+//! writes it to every replica of its extent, and a FLUSH or FUA returns once a write quorum of
 //! in-sync replicas made it durable; a replica that fails it leaves the layer's in-sync set
 //! first ([`insync`]) and is copied back by a resync ([`resync`]) before reads use it again.
 
+mod cache;
 pub mod gc;
 pub mod insync;
 pub mod records;
@@ -25,9 +27,12 @@ pub use records::{
 pub use registry::{Frontend, Registry};
 
 use bytes::{Bytes, BytesMut};
+use cache::{Batch, Cache};
 use futures::future::{join_all, BoxFuture, FutureExt};
+use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use strata_data::{DataError, DataPlane, Replica};
 use strata_disk::{BLOCKS_PER_WRITE_MAX, BLOCK_BYTES};
 use strata_meta::MetaError;
@@ -56,13 +61,20 @@ pub enum VolumeError {
 
 /// One volume, served by this node. Its record can change under it (a snapshot gives it a
 /// new writable layer, an extend a new size): [`Volume::update`] swaps it in once the I/O in
-/// flight on this node has finished, so no write acknowledged after a snapshot was taken
-/// here lands in the snapshot's layer.
+/// flight on this node has finished and the write-back cache has written everything it held
+/// into the old layer, so no write acknowledged after a snapshot was taken here lands in the
+/// snapshot's layer, and every write acknowledged before does.
 pub struct Volume {
     spec: tokio::sync::RwLock<VolumeSpec>,
     size_bytes: AtomicU64,
+    io: Arc<Io>,
+}
+
+/// The replicated I/O of a volume and its write-back cache; shared with the writeback task.
+struct Io {
     data: Arc<DataPlane>,
     insync: InSync,
+    cache: Cache,
 }
 
 /// A piece of a request that stays inside one extent and one disk request.
@@ -116,13 +128,24 @@ fn check_range(size_bytes: u64, offset: u64, len: u64) -> NbdResult<()> {
     }
 }
 
+/// Writeback batches that fail in a row before a volume nobody serves any more gives up its
+/// unwritten blocks (one attempt a second).
+const ORPHAN_ATTEMPTS: u32 = 60;
+/// Extent writes of one writeback batch in flight at once.
+const BATCH_PARALLEL: usize = 16;
+/// Attempts to write back the old layer's blocks before a record change is served anyway.
+const DRAIN_ATTEMPTS: u32 = 30;
+
 impl Volume {
     pub fn new(spec: VolumeSpec, data: Arc<DataPlane>, insync: InSync) -> Arc<Self> {
         Arc::new(Volume {
             size_bytes: AtomicU64::new(spec.size_bytes),
+            io: Arc::new(Io {
+                data,
+                insync,
+                cache: Cache::new(spec.id),
+            }),
             spec: tokio::sync::RwLock::new(spec),
-            data,
-            insync,
         })
     }
 
@@ -131,25 +154,182 @@ impl Volume {
         self.spec.read().await.clone()
     }
 
-    /// Serve a changed record of the same volume; waits for the I/O in flight.
+    /// Serve a changed record of the same volume. Waits for the I/O in flight and, when the
+    /// writable layer changes, for the cache to write its blocks into the old layer.
     pub async fn update(&self, spec: VolumeSpec) {
         let mut g = self.spec.write().await;
+        if g.id != spec.id {
+            let mut attempt = 0;
+            let lost = loop {
+                attempt += 1;
+                match self.io.flush().await {
+                    Ok(()) => break None,
+                    Err(e) if attempt >= DRAIN_ATTEMPTS => break Some(e),
+                    Err(e) => {
+                        tracing::warn!(volume = %spec.name, error = %e,
+                            "cannot write back the cache before a layer change; retrying")
+                    }
+                }
+            };
+            if let Some(e) = &lost {
+                tracing::error!(volume = %spec.name, layer = g.id, error = %e,
+                    "unflushed writes of the old layer are lost");
+            }
+            self.io.cache.reset(
+                spec.id,
+                lost.map(|e| format!("unflushed writes lost at a layer change: {e}")),
+            );
+        }
         self.size_bytes.store(spec.size_bytes, Ordering::Release);
         *g = spec;
     }
 
+    /// Drop what the cache holds without writing it (the volume's record is gone).
+    pub async fn discard(&self) {
+        let g = self.spec.write().await;
+        let _w = self.io.cache.writer.lock().await;
+        let dirty = self.io.cache.dirty_bytes();
+        if dirty > 0 {
+            tracing::warn!(volume = %g.name, dirty, "volume deleted with unflushed writes; dropped");
+        }
+        self.io
+            .cache
+            .reset(g.id, Some("the volume was deleted".into()));
+    }
+
+    /// Make a range read as zeroes, durably, before it returns: a hole where nothing lies
+    /// below (`hole_ok` and no parent layer), zero blocks otherwise, since over lower layers a
+    /// hole would let older data show through. Runs under the writeback's lock and drops the
+    /// cached blocks it supersedes, so a cached older write never lands after it.
+    async fn zero_range(
+        &self,
+        spec: &VolumeSpec,
+        offset: u64,
+        len: u64,
+        hole_ok: bool,
+    ) -> NbdResult<()> {
+        let _w = self.io.cache.writer.lock().await;
+        self.io.cache.remove_range(offset / BLOCK, len / BLOCK);
+        for p in pieces(offset, len) {
+            if hole_ok && spec.parents.is_empty() {
+                self.io.trim_piece(spec.id, p).await?;
+            } else {
+                let zeroes = Bytes::from(vec![0u8; (p.blocks * BLOCK) as usize]);
+                let blocks: Vec<u64> = (p.first_block..p.first_block + p.blocks).collect();
+                self.io
+                    .write_blocks(spec.id, p.extent, &blocks, zeroes)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Io {
     fn replicas(&self, layer: u64, extent: u64) -> NbdResult<Vec<Replica>> {
         let key = format!("vol/{layer}/{extent}");
         self.data.placement(key.as_bytes()).map_err(io_err)
     }
 
-    /// Write one piece of a layer to every replica of its extent.
-    async fn write_piece(&self, layer: u64, p: Piece, data: Bytes) -> NbdResult<()> {
-        let replicas = self.replicas(layer, p.extent)?;
-        let results = join_all(replicas.iter().map(|r| {
-            self.data
-                .replica_write_blocks(*r, layer, p.first_block, data.clone())
-        }))
+    /// Start the writeback unless it runs.
+    fn kick(self: &Arc<Self>) {
+        if self.cache.claim_writeback() {
+            let me = self.clone();
+            tokio::spawn(async move { me.writeback().await });
+        }
+    }
+
+    /// Make every write taken in so far durable.
+    async fn flush(self: &Arc<Self>) -> NbdResult<()> {
+        let seq = self.cache.seq();
+        self.kick();
+        self.cache.wait_written(seq).await.map_err(NbdError::Io)
+    }
+
+    /// Write cached blocks out, one batch at a time, until nothing is dirty.
+    async fn writeback(self: Arc<Self>) {
+        let mut failed = 0u32;
+        loop {
+            let w = self.cache.writer.lock().await;
+            let Some(batch) = self.cache.take() else {
+                return;
+            };
+            let (done, error) = self.write_batch(&batch).await;
+            self.cache.finish(&batch, &done, error.clone());
+            drop(w);
+            let Some(e) = error else {
+                failed = 0;
+                continue;
+            };
+            failed += 1;
+            tracing::warn!(layer = batch.layer, error = %e, attempt = failed,
+                "volume writeback failed; the blocks stay cached and are retried");
+            if failed >= ORPHAN_ATTEMPTS && Arc::strong_count(&self) == 1 {
+                tracing::error!(layer = batch.layer, dirty = self.cache.dirty_bytes(),
+                    "volume no longer served and its writeback keeps failing; unflushed writes are lost");
+                self.cache.release_writeback();
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Write one batch: one request per extent (and replica), several extents at once.
+    /// Returns which blocks are durable and the first error.
+    async fn write_batch(&self, batch: &Batch) -> (Vec<bool>, Option<String>) {
+        let per_extent = EXTENT_BYTES / BLOCK;
+        let mut groups: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
+        for (i, (block, _, _)) in batch.blocks.iter().enumerate() {
+            let extent = block / per_extent;
+            match groups.last_mut() {
+                Some((e, r)) if *e == extent => r.end = i + 1,
+                _ => groups.push((extent, i..i + 1)),
+            }
+        }
+        let writes: Vec<BoxFuture<'_, NbdResult<()>>> = groups
+            .iter()
+            .map(|(e, r)| {
+                let part = &batch.blocks[r.clone()];
+                let blocks: Vec<u64> = part.iter().map(|(b, _, _)| *b).collect();
+                let mut data = BytesMut::with_capacity(part.len() * BLOCK as usize);
+                for (_, _, d) in part {
+                    data.extend_from_slice(d);
+                }
+                let (layer, extent, data) = (batch.layer, *e, data.freeze());
+                async move { self.write_blocks(layer, extent, &blocks, data).await }.boxed()
+            })
+            .collect();
+        let results: Vec<NbdResult<()>> = futures::stream::iter(writes)
+            .buffered(BATCH_PARALLEL)
+            .collect()
+            .await;
+        let mut done = vec![false; batch.blocks.len()];
+        let mut error = None;
+        for ((_, r), res) in groups.into_iter().zip(results) {
+            match res {
+                Ok(()) => done[r].iter_mut().for_each(|d| *d = true),
+                Err(e) => {
+                    error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        (done, error)
+    }
+
+    /// Write blocks of one extent of a layer (`blocks` ascending) to every replica.
+    async fn write_blocks(
+        &self,
+        layer: u64,
+        extent: u64,
+        blocks: &[u64],
+        data: Bytes,
+    ) -> NbdResult<()> {
+        let replicas = self.replicas(layer, extent)?;
+        let results = join_all(
+            replicas
+                .iter()
+                .map(|r| self.data.replica_write_blocks(*r, layer, blocks, data.clone())),
+        )
         .await;
         self.settle(layer, &replicas, results).await
     }
@@ -230,8 +410,8 @@ impl Volume {
         Err(last)
     }
 
-    /// Read one piece through the layers: each block comes from the newest layer that holds
-    /// it; a block no layer holds is a hole.
+    /// Read one piece through the layers on disk: each block comes from the newest layer that
+    /// holds it; a block no layer holds is a hole.
     async fn read_piece(&self, spec: &VolumeSpec, p: Piece) -> NbdResult<strata_disk::BlockRead> {
         let mut layers = spec.layers_newest_first();
         let top = layers.next().unwrap_or(spec.id);
@@ -266,18 +446,32 @@ impl Volume {
         Ok(out)
     }
 
-    /// Make a range read as zeroes. With no lower layer that is a trim (the blocks become
-    /// holes); over lower layers the zeroes are written, or the older data would show through.
-    async fn zero_range(&self, spec: &VolumeSpec, offset: u64, len: u64) -> NbdResult<()> {
-        for p in pieces(offset, len) {
-            if spec.parents.is_empty() {
-                self.trim_piece(spec.id, p).await?;
-            } else {
-                let zeroes = Bytes::from(vec![0u8; (p.blocks * BLOCK) as usize]);
-                self.write_piece(spec.id, p, zeroes).await?;
+    /// Read a range (block aligned, in range) as a client sees it: the disks' blocks with the
+    /// cached ones laid over them. The cached blocks are copied first, so a block the writeback
+    /// writes out meanwhile is still found in the copy.
+    async fn read(&self, spec: &VolumeSpec, offset: u64, len: u64) -> NbdResult<Bytes> {
+        let first = offset / BLOCK;
+        let cached = self.cache.overlay(first, len / BLOCK);
+        let from_disks = if cached.len() as u64 == len / BLOCK {
+            None
+        } else {
+            let ps = pieces(offset, len);
+            if let ([p], true) = (&ps[..], cached.is_empty()) {
+                // One piece and nothing cached: its buffer is the answer.
+                return Ok(self.read_piece(spec, *p).await?.data);
             }
+            let mut out = BytesMut::with_capacity(len as usize);
+            for p in ps {
+                out.extend_from_slice(&self.read_piece(spec, p).await?.data);
+            }
+            Some(out)
+        };
+        let mut out = from_disks.unwrap_or_else(|| BytesMut::zeroed(len as usize));
+        for (block, data) in cached {
+            let at = ((block - first) * BLOCK) as usize;
+            out[at..at + BLOCK as usize].copy_from_slice(&data);
         }
-        Ok(())
+        Ok(out.freeze())
     }
 }
 
@@ -295,7 +489,8 @@ impl BlockTarget for Volume {
     }
 
     fn can_multi_conn(&self) -> bool {
-        // Every write is durable on a quorum of in-sync replicas before it is acknowledged.
+        // Every connection to this node shares the volume's one cache: a FLUSH on any of
+        // them covers the writes all of them had acknowledged.
         true
     }
 
@@ -311,30 +506,31 @@ impl BlockTarget for Volume {
         async move {
             let spec = self.spec.read().await;
             check_range(spec.size_bytes, offset, len as u64)?;
-            let ps = pieces(offset, len as u64);
-            if let [p] = ps[..] {
-                // One piece: its buffer is the answer.
-                return Ok(self.read_piece(&spec, p).await?.data);
-            }
-            let mut out = BytesMut::with_capacity(len);
-            for p in ps {
-                let read = self.read_piece(&spec, p).await?;
-                out.extend_from_slice(&read.data);
-            }
-            Ok(out.freeze())
+            self.io.read(&spec, offset, len as u64).await
         }
         .boxed()
     }
 
-    fn write(&self, offset: u64, data: Bytes, _fua: bool) -> BoxFuture<'_, NbdResult<()>> {
-        // Every write is durable on the in-sync replicas before it returns, so FUA costs
-        // nothing more.
+    fn write(&self, offset: u64, data: Bytes, fua: bool) -> BoxFuture<'_, NbdResult<()>> {
         async move {
-            let spec = self.spec.read().await;
-            check_range(spec.size_bytes, offset, data.len() as u64)?;
-            for p in pieces(offset, data.len() as u64) {
-                let bytes = data.slice(p.at..p.at + (p.blocks * BLOCK) as usize);
-                self.write_piece(spec.id, p, bytes).await?;
+            let seq = {
+                let spec = self.spec.read().await;
+                check_range(spec.size_bytes, offset, data.len() as u64)?;
+                self.io
+                    .cache
+                    .wait_room(data.len())
+                    .await
+                    .map_err(NbdError::Io)?;
+                let seq = self.io.cache.insert(offset / BLOCK, &data);
+                self.io.kick();
+                seq
+            };
+            if fua {
+                self.io
+                    .cache
+                    .wait_written(seq)
+                    .await
+                    .map_err(NbdError::Io)?;
             }
             Ok(())
         }
@@ -342,15 +538,15 @@ impl BlockTarget for Volume {
     }
 
     fn flush(&self) -> BoxFuture<'_, NbdResult<()>> {
-        // Nothing is cached: acknowledged writes are already durable.
-        async { Ok(()) }.boxed()
+        async move { self.io.flush().await }.boxed()
     }
 
     fn trim(&self, offset: u64, len: u64, _fua: bool) -> BoxFuture<'_, NbdResult<()>> {
+        // Durable before it returns, so FUA adds nothing.
         async move {
             let spec = self.spec.read().await;
             check_range(spec.size_bytes, offset, len)?;
-            self.zero_range(&spec, offset, len).await
+            self.zero_range(&spec, offset, len, true).await
         }
         .boxed()
     }
@@ -365,14 +561,7 @@ impl BlockTarget for Volume {
         async move {
             let spec = self.spec.read().await;
             check_range(spec.size_bytes, offset, len)?;
-            if !no_hole {
-                return self.zero_range(&spec, offset, len).await;
-            }
-            for p in pieces(offset, len) {
-                let zeroes = Bytes::from(vec![0u8; (p.blocks * BLOCK) as usize]);
-                self.write_piece(spec.id, p, zeroes).await?;
-            }
-            Ok(())
+            self.zero_range(&spec, offset, len, !no_hole).await
         }
         .boxed()
     }
@@ -390,10 +579,19 @@ impl BlockTarget for Volume {
             let end = end
                 .min(start + EXTENT_BYTES - start % EXTENT_BYTES)
                 .max(start + BLOCK);
+            let first = start / BLOCK;
+            let cached = self.io.cache.overlay(first, (end - start) / BLOCK);
             let mut extents: Vec<Extent> = Vec::new();
             for p in pieces(start, end - start) {
-                let read = self.read_piece(&spec, p).await?;
-                for present in read.present {
+                let mut present = self.io.read_piece(&spec, p).await?.present;
+                for (block, _) in &cached {
+                    if let Some(i) = block.checked_sub(p.first_block) {
+                        if let Some(slot) = present.get_mut(i as usize) {
+                            *slot = true;
+                        }
+                    }
+                }
+                for present in present {
                     let hole = !present;
                     match extents.last_mut() {
                         Some(e) if e.hole == hole => e.len += BLOCK,

@@ -109,16 +109,25 @@ impl Registry {
                 }
             }
         }
-        served.retain(|name, _| {
-            let keep = wanted.contains_key(name);
-            if !keep {
-                for f in &self.inner.frontends {
-                    f.withdraw(name);
-                }
-                tracing::info!(volume = %name, "volume export withdrawn");
+        let gone: Vec<String> = served
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            let Some(vol) = served.remove(&name) else {
+                continue;
+            };
+            for f in &self.inner.frontends {
+                f.withdraw(&name);
             }
-            keep
-        });
+            // An unexported volume's writeback finishes on its own; a deleted one's blocks
+            // would land in layers the collector may already have freed.
+            if matches!(records::get_local(self.inner.meta.as_ref(), &name), Ok(None)) {
+                vol.discard().await;
+            }
+            tracing::info!(volume = %name, "volume export withdrawn");
+        }
     }
 
     /// Follow the meta group: sync after every applied change until `applied` closes.
