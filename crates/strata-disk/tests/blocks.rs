@@ -211,9 +211,7 @@ fn scattered_blocks_land_in_one_extent_and_survive_reopen() {
             assert!(at.windows(2).all(|w| w[1] == w[0] + BLOCK_BYTES as u64));
             // Malformed lists are refused.
             for bad in [&[5u64, 5][..], &[6, 5], &[1]] {
-                let r = d
-                    .write_block_list(2, bad, Bytes::from(pattern(1, 2)))
-                    .await;
+                let r = d.write_block_list(2, bad, Bytes::from(pattern(1, 2))).await;
                 assert!(matches!(r, Err(DiskError::BadBlockRange(_))), "{bad:?}");
             }
         });

@@ -27,10 +27,10 @@ pub use records::{
 pub use registry::{Frontend, Registry};
 
 use bytes::{Bytes, BytesMut};
-use cache::{Batch, Cache};
+use cache::{Batch, Cache, Take, PIPELINE};
 use futures::future::{join_all, BoxFuture, FutureExt};
 use futures::StreamExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use strata_data::{DataError, DataPlane, Replica};
@@ -75,6 +75,8 @@ struct Io {
     data: Arc<DataPlane>,
     insync: InSync,
     cache: Cache,
+    /// The volume is no longer served (its `Volume` was dropped).
+    closed: AtomicBool,
 }
 
 /// A piece of a request that stays inside one extent and one disk request.
@@ -129,7 +131,7 @@ fn check_range(size_bytes: u64, offset: u64, len: u64) -> NbdResult<()> {
 }
 
 /// Writeback batches that fail in a row before a volume nobody serves any more gives up its
-/// unwritten blocks (one attempt a second).
+/// unwritten blocks (about one attempt a second).
 const ORPHAN_ATTEMPTS: u32 = 60;
 /// Extent writes of one writeback batch in flight at once.
 const BATCH_PARALLEL: usize = 16;
@@ -144,6 +146,7 @@ impl Volume {
                 data,
                 insync,
                 cache: Cache::new(spec.id),
+                closed: AtomicBool::new(false),
             }),
             spec: tokio::sync::RwLock::new(spec),
         })
@@ -187,7 +190,9 @@ impl Volume {
     /// Drop what the cache holds without writing it (the volume's record is gone).
     pub async fn discard(&self) {
         let g = self.spec.write().await;
-        let _w = self.io.cache.writer.lock().await;
+        let Ok(_all) = self.io.cache.slots.acquire_many(PIPELINE).await else {
+            return;
+        };
         let dirty = self.io.cache.dirty_bytes();
         if dirty > 0 {
             tracing::warn!(volume = %g.name, dirty, "volume deleted with unflushed writes; dropped");
@@ -199,8 +204,9 @@ impl Volume {
 
     /// Make a range read as zeroes, durably, before it returns: a hole where nothing lies
     /// below (`hole_ok` and no parent layer), zero blocks otherwise, since over lower layers a
-    /// hole would let older data show through. Runs under the writeback's lock and drops the
-    /// cached blocks it supersedes, so a cached older write never lands after it.
+    /// hole would let older data show through. Holds every writeback slot (no batch in
+    /// flight) and drops the cached blocks it supersedes, so a cached older write never lands
+    /// after it.
     async fn zero_range(
         &self,
         spec: &VolumeSpec,
@@ -208,20 +214,33 @@ impl Volume {
         len: u64,
         hole_ok: bool,
     ) -> NbdResult<()> {
-        let _w = self.io.cache.writer.lock().await;
+        let _all = self
+            .io
+            .cache
+            .slots
+            .acquire_many(PIPELINE)
+            .await
+            .map_err(|e| NbdError::Io(e.to_string()))?;
         self.io.cache.remove_range(offset / BLOCK, len / BLOCK);
-        for p in pieces(offset, len) {
-            if hole_ok && spec.parents.is_empty() {
-                self.io.trim_piece(spec.id, p).await?;
-            } else {
-                let zeroes = Bytes::from(vec![0u8; (p.blocks * BLOCK) as usize]);
-                let blocks: Vec<u64> = (p.first_block..p.first_block + p.blocks).collect();
-                self.io
-                    .write_blocks(spec.id, p.extent, &blocks, zeroes)
-                    .await?;
+        let r = async {
+            for p in pieces(offset, len) {
+                if hole_ok && spec.parents.is_empty() {
+                    self.io.trim_piece(spec.id, p).await?;
+                } else {
+                    let zeroes = Bytes::from(vec![0u8; (p.blocks * BLOCK) as usize]);
+                    let blocks: Vec<u64> = (p.first_block..p.first_block + p.blocks).collect();
+                    self.io
+                        .write_blocks(spec.id, p.extent, &blocks, zeroes)
+                        .await?;
+                }
             }
+            Ok(())
         }
-        Ok(())
+        .await;
+        self.io
+            .cache
+            .settled(r.as_ref().err().map(|e: &NbdError| e.to_string()));
+        r
     }
 }
 
@@ -246,31 +265,38 @@ impl Io {
         self.cache.wait_written(seq).await.map_err(NbdError::Io)
     }
 
-    /// Write cached blocks out, one batch at a time, until nothing is dirty.
+    /// Write cached blocks out until nothing is dirty: each batch takes every dirty block no
+    /// batch in flight is writing; at most [`PIPELINE`] batches are in flight.
     async fn writeback(self: Arc<Self>) {
-        let mut failed = 0u32;
         loop {
-            let w = self.cache.writer.lock().await;
-            let Some(batch) = self.cache.take() else {
+            let Ok(slot) = self.cache.slots.clone().acquire_owned().await else {
                 return;
             };
-            let (done, error) = self.write_batch(&batch).await;
-            self.cache.finish(&batch, &done, error.clone());
-            drop(w);
-            let Some(e) = error else {
-                failed = 0;
-                continue;
-            };
-            failed += 1;
-            tracing::warn!(layer = batch.layer, error = %e, attempt = failed,
-                "volume writeback failed; the blocks stay cached and are retried");
-            if failed >= ORPHAN_ATTEMPTS && Arc::strong_count(&self) == 1 {
-                tracing::error!(layer = batch.layer, dirty = self.cache.dirty_bytes(),
-                    "volume no longer served and its writeback keeps failing; unflushed writes are lost");
-                self.cache.release_writeback();
-                return;
+            let progressed = self.cache.progressed();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            let give_up =
+                self.closed.load(Ordering::Acquire) && self.cache.failing() >= ORPHAN_ATTEMPTS;
+            match self.cache.take(give_up) {
+                Take::Idle => return,
+                Take::Busy => {
+                    drop(slot);
+                    progressed.await;
+                }
+                Take::Batch(batch) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        let (done, error) = me.write_batch(&batch).await;
+                        if let Some(e) = &error {
+                            tracing::warn!(layer = batch.layer, error = %e,
+                                "volume writeback failed; the blocks stay cached and are retried");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        me.cache.finish(&batch, &done, error);
+                        drop(slot);
+                    });
+                }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -325,11 +351,10 @@ impl Io {
         data: Bytes,
     ) -> NbdResult<()> {
         let replicas = self.replicas(layer, extent)?;
-        let results = join_all(
-            replicas
-                .iter()
-                .map(|r| self.data.replica_write_blocks(*r, layer, blocks, data.clone())),
-        )
+        let results = join_all(replicas.iter().map(|r| {
+            self.data
+                .replica_write_blocks(*r, layer, blocks, data.clone())
+        }))
         .await;
         self.settle(layer, &replicas, results).await
     }
@@ -472,6 +497,13 @@ impl Io {
             out[at..at + BLOCK as usize].copy_from_slice(&data);
         }
         Ok(out.freeze())
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        // The writeback finishes what is cached; if it keeps failing it may now give up.
+        self.io.closed.store(true, Ordering::Release);
     }
 }
 

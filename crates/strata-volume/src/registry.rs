@@ -123,7 +123,10 @@ impl Registry {
             }
             // An unexported volume's writeback finishes on its own; a deleted one's blocks
             // would land in layers the collector may already have freed.
-            if matches!(records::get_local(self.inner.meta.as_ref(), &name), Ok(None)) {
+            if matches!(
+                records::get_local(self.inner.meta.as_ref(), &name),
+                Ok(None)
+            ) {
                 vol.discard().await;
             }
             tracing::info!(volume = %name, "volume export withdrawn");
