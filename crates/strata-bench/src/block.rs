@@ -24,7 +24,8 @@ pub struct BlockJob {
     pub flush: bool,
 }
 
-/// The plan, in order: reads come after the region was written once.
+/// The plan, in order: reads come after the region was written once; the first sequential
+/// read sees the prefill's layout, the second what the random writes left.
 pub fn jobs() -> Vec<BlockJob> {
     let j = |name, rw, block_size, iodepth, flush| BlockJob {
         name,
@@ -34,6 +35,7 @@ pub fn jobs() -> Vec<BlockJob> {
         flush,
     };
     vec![
+        j("seqread-1m-qd8-fresh", "read", 1 << 20, 8, false),
         j("randread-4k-qd1", "randread", 4096, 1, false),
         j("randread-4k-qd32", "randread", 4096, 32, false),
         j("randwrite-4k-qd1", "randwrite", 4096, 1, false),

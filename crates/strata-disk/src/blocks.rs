@@ -12,6 +12,7 @@ use crate::commit::CommitOp;
 use crate::index::{self, BlockEntry, CF_BLOCKS};
 use crate::{Disk, DiskError, Result};
 use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
 use rocksdb::{Direction, IteratorMode, DB};
 use std::collections::BTreeMap;
 
@@ -22,6 +23,8 @@ pub const BLOCKS_PER_WRITE_MAX: u64 = (strata_types::CHUNK_SIZE_BYTES_MAX / BLOC
 /// Reads that find a block's checksum wrong before it is declared corrupt: a mismatch can also
 /// mean the block was overwritten (and its old place reused) during the read.
 const READ_ATTEMPTS: usize = 3;
+/// Disk reads one block read keeps in flight.
+const READS_IN_FLIGHT: usize = 32;
 
 /// The result of reading a range of volume blocks.
 #[derive(Debug, Clone)]
@@ -228,14 +231,26 @@ impl Disk {
                 }));
             }
         }
+        // A range written piecemeal (random writes land wherever the log was) is many short
+        // runs: read them all at once, not one after the other.
+        let reads: Vec<_> = runs
+            .into_iter()
+            .map(|(block, addr, len)| {
+                async move {
+                    let buf = self.io.read(addr * BLOCK as u64, len as usize).await;
+                    (block, len, buf)
+                }
+                .boxed()
+            })
+            .collect();
+        let reads = futures::stream::iter(reads)
+            .buffer_unordered(READS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await;
         let mut data = vec![0u8; count as usize * BLOCK];
         let mut present = vec![false; count as usize];
-        for (block, addr, len) in runs {
-            let buf = self
-                .io
-                .read(addr * BLOCK as u64, len as usize)
-                .await
-                .map_err(|e| self.io_err(e))?;
+        for (block, len, buf) in reads {
+            let buf = buf.map_err(|e| self.io_err(e))?;
             for i in 0..len {
                 let b = block + i;
                 let piece = &buf.as_slice()[i as usize * BLOCK..(i as usize + 1) * BLOCK];

@@ -8,6 +8,10 @@ use strata_data::DataPlane;
 use strata_meta::MetaStore;
 
 use crate::{records, InSync, Volume};
+use strata_nbd::BlockTarget;
+
+/// How long withdrawing an export waits for its cache to be written back.
+const WITHDRAW_FLUSH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Something that offers served volumes to clients under their names.
 pub trait Frontend: Send + Sync + 'static {
@@ -121,13 +125,23 @@ impl Registry {
             for f in &self.inner.frontends {
                 f.withdraw(&name);
             }
-            // An unexported volume's writeback finishes on its own; a deleted one's blocks
-            // would land in layers the collector may already have freed.
+            // A deleted volume's blocks would land in layers the collector may already have
+            // freed: drop them. An unexported one is written back before the change is
+            // answered, so what reads the volume next (a backup, another node) sees every
+            // write its last client made.
             if matches!(
                 records::get_local(self.inner.meta.as_ref(), &name),
                 Ok(None)
             ) {
                 vol.discard().await;
+            } else {
+                match tokio::time::timeout(WITHDRAW_FLUSH, vol.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(volume = %name, error = %e,
+                        "cannot write back a withdrawn volume's cache; still retrying"),
+                    Err(_) => tracing::error!(volume = %name,
+                        "writing back a withdrawn volume's cache is taking long; still retrying"),
+                }
             }
             tracing::info!(volume = %name, "volume export withdrawn");
         }
