@@ -30,6 +30,8 @@ pub(crate) const CACHE_BYTES_MAX: usize = 64 << 20;
 /// writes, 16 best for a FLUSH after every write.
 pub(crate) const PIPELINE: u32 = 16;
 const BLOCK: usize = strata_disk::BLOCK_BYTES;
+/// Most blocks one batch takes (16 MiB), so batches overlap and free room as they finish.
+const BATCH_BLOCKS_MAX: usize = 4096;
 
 #[derive(Clone)]
 struct Entry {
@@ -46,6 +48,9 @@ struct State {
     /// The writable layer the cached blocks belong to.
     layer: u64,
     entries: BTreeMap<u64, Entry>,
+    /// How many entries have each `covers` value: the oldest write not yet durable is the
+    /// first key.
+    covers: BTreeMap<u64, u32>,
     /// Bytes of `entries`.
     bytes: usize,
     /// Blocks a batch in flight is writing; the next batch leaves them alone, so two
@@ -66,10 +71,56 @@ struct State {
 
 impl State {
     fn recompute_written(&mut self) {
-        self.written = match self.entries.values().map(|e| e.covers).min() {
+        self.written = match self.covers.keys().next() {
             Some(oldest) => oldest - 1,
             None => self.seq,
         };
+    }
+
+    fn count_covers(&mut self, covers: u64, add: bool) {
+        if add {
+            *self.covers.entry(covers).or_default() += 1;
+        } else if let Some(n) = self.covers.get_mut(&covers) {
+            *n -= 1;
+            if *n == 0 {
+                self.covers.remove(&covers);
+            }
+        }
+    }
+
+    /// Cache a new version of `block`; it carries the durability of the version it replaces.
+    fn put(&mut self, block: u64, seq: u64, data: Bytes) {
+        match self.entries.get_mut(&block) {
+            Some(e) => {
+                e.seq = seq;
+                e.data = data;
+            }
+            None => {
+                self.entries.insert(
+                    block,
+                    Entry {
+                        seq,
+                        covers: seq,
+                        data,
+                    },
+                );
+                self.count_covers(seq, true);
+                self.bytes += BLOCK;
+            }
+        }
+    }
+
+    fn remove(&mut self, block: u64) {
+        if let Some(e) = self.entries.remove(&block) {
+            self.count_covers(e.covers, false);
+            self.bytes -= BLOCK;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.covers.clear();
+        self.bytes = 0;
     }
 }
 
@@ -103,6 +154,7 @@ impl Cache {
             state: Mutex::new(State {
                 layer,
                 entries: BTreeMap::new(),
+                covers: BTreeMap::new(),
                 bytes: 0,
                 inflight: HashSet::new(),
                 seq: 0,
@@ -164,16 +216,7 @@ impl Cache {
         s.seq += 1;
         let seq = s.seq;
         for (i, at) in (0..data.len()).step_by(BLOCK).enumerate() {
-            let block = first + i as u64;
-            let covers = s.entries.get(&block).map_or(seq, |old| old.covers);
-            let e = Entry {
-                seq,
-                covers,
-                data: data.slice(at..at + BLOCK),
-            };
-            if s.entries.insert(block, e).is_none() {
-                s.bytes += BLOCK;
-            }
+            s.put(first + i as u64, seq, data.slice(at..at + BLOCK));
         }
         seq
     }
@@ -202,8 +245,7 @@ impl Cache {
             .map(|(b, _)| *b)
             .collect();
         for b in doomed {
-            s.entries.remove(&b);
-            s.bytes -= BLOCK;
+            s.remove(b);
         }
         drop(s);
         self.progress.notify_waiters();
@@ -239,8 +281,7 @@ impl Cache {
         if give_up && s.failing > 0 && s.inflight.is_empty() {
             tracing::error!(layer = s.layer, dirty = s.bytes,
                 "volume no longer served and its writeback keeps failing; unflushed writes are lost");
-            s.entries.clear();
-            s.bytes = 0;
+            s.clear();
         }
         if s.entries.is_empty() && s.inflight.is_empty() {
             s.recompute_written();
@@ -253,6 +294,7 @@ impl Cache {
             .entries
             .iter()
             .filter(|(b, _)| !s.inflight.contains(b))
+            .take(BATCH_BLOCKS_MAX)
             .map(|(b, e)| (*b, e.seq, e.data.clone()))
             .collect();
         if blocks.is_empty() {
@@ -265,22 +307,26 @@ impl Cache {
         })
     }
 
-    /// Record a batch's outcome: `done[i]` says whether `batch.blocks[i]` is durable.
-    pub fn finish(&self, batch: &Batch, done: &[bool], error: Option<String>) {
+    /// Record the outcome of writing some blocks of a batch (`Err`: none of them is known
+    /// to be durable).
+    pub fn finish(&self, blocks: &[(u64, u64, Bytes)], error: Option<String>) {
         let mut s = self.lock();
-        for ((block, seq, _), ok) in batch.blocks.iter().zip(done) {
+        for (block, seq, _) in blocks {
             s.inflight.remove(block);
-            if !*ok {
+            if error.is_some() {
                 continue;
             }
-            match s.entries.get_mut(block) {
-                Some(e) if e.seq == *seq => {
-                    s.entries.remove(block);
-                    s.bytes -= BLOCK;
-                }
+            match s.entries.get(block).map(|e| (e.seq, e.covers)) {
+                Some((now, _)) if now == *seq => s.remove(*block),
                 // Replaced while in flight: the writes up to the one just written are durable.
-                Some(e) => e.covers = e.covers.max(seq + 1),
-                None => {}
+                Some((_, covers)) if covers <= *seq => {
+                    s.count_covers(covers, false);
+                    s.count_covers(seq + 1, true);
+                    if let Some(e) = s.entries.get_mut(block) {
+                        e.covers = seq + 1;
+                    }
+                }
+                _ => {}
             }
         }
         s.recompute_written();
@@ -312,8 +358,7 @@ impl Cache {
         let mut s = self.lock();
         s.layer = layer;
         if let Some(why) = lost {
-            s.entries.clear();
-            s.bytes = 0;
+            s.clear();
             s.recompute_written();
             s.failures += 1;
             s.last_error = why;
@@ -350,7 +395,7 @@ mod tests {
         // the first is done.
         let s2 = c.insert(11, &blocks(1, 2));
         assert!(matches!(c.take(false), Take::Busy));
-        c.finish(&b1, &[true, true], None);
+        c.finish(&b1.blocks, None);
         assert_eq!(c.dirty_bytes(), BLOCK);
         let over = c.overlay(0, 100);
         assert_eq!(over.len(), 1);
@@ -358,10 +403,27 @@ mod tests {
         let written = c.lock().written;
         assert!(written >= s1 && written < s2);
         let b2 = batch(&c);
-        c.finish(&b2, &[true], None);
+        c.finish(&b2.blocks, None);
         assert!(c.lock().written >= s2);
         assert!(matches!(c.take(false), Take::Idle));
         assert!(!c.lock().running);
+    }
+
+    #[test]
+    fn batches_take_at_most_their_share() {
+        let c = Cache::new(1);
+        c.insert(0, &blocks(BATCH_BLOCKS_MAX + 10, 1));
+        let b1 = batch(&c);
+        let b2 = batch(&c);
+        assert_eq!((b1.blocks.len(), b2.blocks.len()), (BATCH_BLOCKS_MAX, 10));
+        c.finish(&b2.blocks, None);
+        assert_eq!(
+            c.lock().written,
+            0,
+            "the first batch still holds part of write 1"
+        );
+        c.finish(&b1.blocks, None);
+        assert_eq!(c.lock().written, 1);
     }
 
     #[test]
@@ -370,7 +432,7 @@ mod tests {
         let s1 = c.insert(7, &blocks(1, 1));
         let b = batch(&c);
         let s2 = c.insert(7, &blocks(1, 2));
-        c.finish(&b, &[true], None);
+        c.finish(&b.blocks, None);
         // Write 1 is durable; write 2 is not yet.
         let written = c.lock().written;
         assert!(written >= s1 && written < s2, "{written}");
@@ -389,8 +451,8 @@ mod tests {
             [2],
             "block 1 waits for the batch writing its older version"
         );
-        c.finish(&b2, &[true], None);
-        c.finish(&b1, &[true, true], None);
+        c.finish(&b2.blocks, None);
+        c.finish(&b1.blocks, None);
         let b3 = batch(&c);
         assert_eq!(b3.blocks.len(), 1);
         assert_eq!((b3.blocks[0].0, b3.blocks[0].2[0]), (1, 2));
@@ -402,10 +464,20 @@ mod tests {
         c.insert(0, &blocks(3, 7));
         assert!(c.claim_writeback());
         let b = batch(&c);
-        c.finish(&b, &[true, false, true], Some("replica down".into()));
+        c.finish(&b.blocks[..1], None);
+        c.finish(&b.blocks[2..], None);
+        c.finish(&b.blocks[1..2], Some("replica down".into()));
         assert_eq!(c.dirty_bytes(), BLOCK);
+        {
+            let s = c.lock();
+            assert_eq!((s.written, s.failures, s.failing), (0, 1, 1));
+        }
+        // The failed block is taken again and, once written, the write counts as written.
+        let again = batch(&c);
+        assert_eq!(again.blocks.len(), 1);
+        c.finish(&again.blocks, None);
         let s = c.lock();
-        assert_eq!((s.written, s.failures, s.failing), (0, 1, 1));
+        assert_eq!((s.written, s.failing, s.bytes), (1, 0, 0));
     }
 
     #[test]

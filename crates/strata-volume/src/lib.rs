@@ -286,13 +286,7 @@ impl Io {
                 Take::Batch(batch) => {
                     let me = self.clone();
                     tokio::spawn(async move {
-                        let (done, error) = me.write_batch(&batch).await;
-                        if let Some(e) = &error {
-                            tracing::warn!(layer = batch.layer, error = %e,
-                                "volume writeback failed; the blocks stay cached and are retried");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        me.cache.finish(&batch, &done, error);
+                        me.write_batch(&batch).await;
                         drop(slot);
                     });
                 }
@@ -300,9 +294,9 @@ impl Io {
         }
     }
 
-    /// Write one batch: one request per extent (and replica), several extents at once.
-    /// Returns which blocks are durable and the first error.
-    async fn write_batch(&self, batch: &Batch) -> (Vec<bool>, Option<String>) {
+    /// Write one batch: one request per extent (and replica), several extents at once; each
+    /// extent's blocks leave the cache as soon as they are durable.
+    async fn write_batch(&self, batch: &Batch) {
         let per_extent = EXTENT_BYTES / BLOCK;
         let mut groups: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
         for (i, (block, _, _)) in batch.blocks.iter().enumerate() {
@@ -312,34 +306,33 @@ impl Io {
                 _ => groups.push((extent, i..i + 1)),
             }
         }
-        let writes: Vec<BoxFuture<'_, NbdResult<()>>> = groups
-            .iter()
-            .map(|(e, r)| {
-                let part = &batch.blocks[r.clone()];
+        let writes: Vec<BoxFuture<'_, ()>> = groups
+            .into_iter()
+            .map(|(extent, r)| {
+                let part = &batch.blocks[r];
                 let blocks: Vec<u64> = part.iter().map(|(b, _, _)| *b).collect();
                 let mut data = BytesMut::with_capacity(part.len() * BLOCK as usize);
                 for (_, _, d) in part {
                     data.extend_from_slice(d);
                 }
-                let (layer, extent, data) = (batch.layer, *e, data.freeze());
-                async move { self.write_blocks(layer, extent, &blocks, data).await }.boxed()
+                let (layer, data) = (batch.layer, data.freeze());
+                async move {
+                    let res = self.write_blocks(layer, extent, &blocks, data).await;
+                    let error = res.err().map(|e| e.to_string());
+                    if let Some(e) = &error {
+                        tracing::warn!(layer, extent, error = %e,
+                            "volume writeback failed; the blocks stay cached and are retried");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    self.cache.finish(part, error);
+                }
+                .boxed()
             })
             .collect();
-        let results: Vec<NbdResult<()>> = futures::stream::iter(writes)
-            .buffered(BATCH_PARALLEL)
-            .collect()
+        futures::stream::iter(writes)
+            .buffer_unordered(BATCH_PARALLEL)
+            .collect::<Vec<()>>()
             .await;
-        let mut done = vec![false; batch.blocks.len()];
-        let mut error = None;
-        for ((_, r), res) in groups.into_iter().zip(results) {
-            match res {
-                Ok(()) => done[r].iter_mut().for_each(|d| *d = true),
-                Err(e) => {
-                    error.get_or_insert_with(|| e.to_string());
-                }
-            }
-        }
-        (done, error)
     }
 
     /// Write blocks of one extent of a layer (`blocks` ascending) to every replica.
