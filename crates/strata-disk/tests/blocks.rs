@@ -227,3 +227,45 @@ fn scattered_blocks_land_in_one_extent_and_survive_reopen() {
         });
     });
 }
+
+#[test]
+fn a_fragmented_range_is_rewritten_side_by_side_after_a_read() {
+    for_both(|dir, syscall| {
+        rt().block_on(async {
+            let d = open(dir, syscall);
+            // Blocks 0..128 written one by one in an order that scatters them (every block is
+            // its own run on disk), then block 0 trimmed: the read starts at a hole.
+            let mut data = pattern(21, 128);
+            let mut order: Vec<u64> = (0..128).collect();
+            order.sort_by_key(|b| (b % 8, *b));
+            for &b in &order {
+                let at = b as usize * BLOCK_BYTES;
+                d.write_blocks(5, b, Bytes::from(data[at..at + BLOCK_BYTES].to_vec()))
+                    .await
+                    .expect("write");
+            }
+            d.trim_blocks(5, 0, 1).await.expect("trim");
+            data[..BLOCK_BYTES].fill(0);
+            let used = d.usage().used_bytes;
+            let read = d.read_blocks(5, 0, 128).await.expect("read");
+            assert_eq!(&read.data[..], &data[..]);
+            // The relocation runs in the background; wait for it.
+            let contiguous = |d: &Disk| {
+                let at: Vec<u64> = (1..128)
+                    .map(|b| d.block_location(5, b).unwrap().expect("written"))
+                    .collect();
+                at.windows(2).all(|w| w[1] == w[0] + BLOCK_BYTES as u64)
+            };
+            for _ in 0..500 {
+                if contiguous(&d) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(contiguous(&d), "the range was not rewritten side by side");
+            let again = d.read_blocks(5, 0, 128).await.expect("read again");
+            assert_eq!(&again.data[..], &data[..]);
+            assert_eq!(d.usage().used_bytes, used, "the old places were freed");
+        });
+    });
+}
