@@ -19,9 +19,6 @@ pub(crate) struct Allocator {
     used: u64,
     /// Next-fit cursor: searches start here so freshly freed space is not reused at once.
     cursor: u64,
-    /// Counts calls of [`Allocator::free`]: while it is unchanged, no block has been handed
-    /// back, so no block holds other data than it did.
-    frees: u64,
 }
 
 impl Allocator {
@@ -33,7 +30,6 @@ impl Allocator {
             blocks,
             used: 0,
             cursor: reserved.min(blocks),
-            frees: 0,
         };
         for b in 0..a.first {
             a.set(b);
@@ -103,14 +99,8 @@ impl Allocator {
         Some(Extent { start, len })
     }
 
-    /// How many times blocks were handed back so far.
-    pub(crate) fn frees(&self) -> u64 {
-        self.frees
-    }
-
     /// Returns an extent to the free pool.
     pub(crate) fn free(&mut self, e: Extent) {
-        self.frees += 1;
         let end = e.start.saturating_add(e.len).min(self.blocks);
         for b in e.start.max(self.first)..end {
             if self.is_set(b) {

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use rocksdb::{Direction, IteratorMode, DB};
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 /// Size of a volume block.
 pub const BLOCK_BYTES: usize = BLOCK;
@@ -26,10 +25,6 @@ pub const BLOCKS_PER_WRITE_MAX: u64 = (strata_types::CHUNK_SIZE_BYTES_MAX / BLOC
 const READ_ATTEMPTS: usize = 3;
 /// Disk reads one block read keeps in flight.
 const READS_IN_FLIGHT: usize = 32;
-/// A read of at least this many written blocks whose runs on disk average fewer than
-/// `RELOCATE_BLOCKS_PER_RUN` blocks gets its blocks rewritten side by side.
-const RELOCATE_MIN_BLOCKS: usize = 64;
-const RELOCATE_BLOCKS_PER_RUN: usize = 16;
 
 /// The result of reading a range of volume blocks.
 #[derive(Debug, Clone)]
@@ -115,7 +110,6 @@ impl Disk {
         self.submit(|reply| CommitOp::WriteBlocks {
             volume,
             blocks: blocks.to_vec(),
-            expect: None,
             start: ext.start,
             crcs,
             reply,
@@ -188,14 +182,9 @@ impl Disk {
         check_range(first, count, BLOCKS_PER_WRITE_MAX)?;
         let mut bad = (first, "crc32c mismatch");
         for _ in 0..READ_ATTEMPTS {
-            let frees = self.lock_alloc().frees();
             let entries = self.block_entries(volume, first, count)?;
             match self.read_entries(first, count, &entries).await? {
-                Ok(read) => {
-                    self.maybe_relocate(volume, first, frees, &entries, &read)
-                        .await;
-                    return Ok(read);
-                }
+                Ok(read) => return Ok(read),
                 Err(block) => bad = (block, "crc32c mismatch"),
             }
         }
@@ -204,90 +193,6 @@ impl Disk {
             block: bad.0,
             what: bad.1,
         })
-    }
-
-    /// After a verified read of a fragmented range (random writes scatter a volume's blocks
-    /// over the data area, and a later sequential read then costs one disk read per short
-    /// run), write the blocks just read side by side and queue an index change that moves
-    /// each block there only if the index still points where it was read from. The read
-    /// waits for the data write (so nothing outlives the disk), not for the commit. One
-    /// relocation at a time per disk; a failure only leaves the range as it was.
-    async fn maybe_relocate(
-        &self,
-        volume: u64,
-        first: u64,
-        frees: u64,
-        entries: &BTreeMap<u64, BlockEntry>,
-        read: &BlockRead,
-    ) {
-        if entries.len() < RELOCATE_MIN_BLOCKS {
-            return;
-        }
-        let mut runs = 0usize;
-        let mut prev: Option<(u64, u64)> = None;
-        for (&b, e) in entries {
-            if prev != Some((b.wrapping_sub(1), e.addr.wrapping_sub(1))) {
-                runs += 1;
-            }
-            prev = Some((b, e.addr));
-        }
-        if runs * RELOCATE_BLOCKS_PER_RUN <= entries.len() {
-            return;
-        }
-        if self.relocating.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        match self.relocate(volume, first, frees, entries, read).await {
-            Ok(()) => tracing::debug!(
-                volume,
-                blocks = entries.len(),
-                runs,
-                "relocating a fragmented range"
-            ),
-            Err(e) => tracing::debug!(volume, error = %e, "relocation skipped"),
-        }
-        self.relocating.store(false, Ordering::Release);
-    }
-
-    /// `read` holds blocks `first..` (holes included); `entries` are the present ones.
-    async fn relocate(
-        &self,
-        volume: u64,
-        first: u64,
-        frees: u64,
-        entries: &BTreeMap<u64, BlockEntry>,
-        read: &BlockRead,
-    ) -> Result<()> {
-        let blocks: Vec<u64> = entries.keys().copied().collect();
-        let expect: Vec<u64> = entries.values().map(|e| e.addr).collect();
-        let mut data = Vec::with_capacity(blocks.len() * BLOCK);
-        for b in &blocks {
-            let at = (b - first) as usize * BLOCK;
-            data.extend_from_slice(&read.data[at..at + BLOCK]);
-        }
-        let count = blocks.len() as u64;
-        let ext = self.lock_alloc().alloc(count).ok_or(DiskError::Full {
-            needed_bytes: count * BLOCK as u64,
-        })?;
-        let crcs: Vec<u32> = data.chunks(BLOCK).map(crc32c::crc32c).collect();
-        let buf = AlignedBuf::from_slice(&data);
-        drop(data);
-        if let Err(e) = self.io.write(ext.start * BLOCK as u64, buf).await {
-            self.lock_alloc().free(ext);
-            return Err(self.io_err(e));
-        }
-        let tx = self.commit_tx.as_ref().ok_or(DiskError::Closed)?;
-        // Nobody waits for the answer; the committer frees the copies it does not use.
-        let (reply, _) = tokio::sync::oneshot::channel();
-        let op = CommitOp::WriteBlocks {
-            volume,
-            blocks,
-            expect: Some((frees, expect)),
-            start: ext.start,
-            crcs,
-            reply,
-        };
-        tx.send(op).await.map_err(|_| DiskError::Closed)
     }
 
     /// Reads the blocks of `entries`, merging runs that are contiguous both in the volume and

@@ -47,14 +47,10 @@ pub(crate) enum CommitOp {
         reply: oneshot::Sender<Result<()>>,
     },
     /// Volume blocks `blocks[i]` are written (not yet synced) at data-area blocks
-    /// `start + i`. With `expect` (a relocation of data read from data-area blocks
-    /// `expect.1[i]` while the allocator's free count was `expect.0`), nothing moves if any
-    /// block was freed since (an address could then hold other data), and block `blocks[i]`
-    /// moves only if it still lives at `expect.1[i]`; copies that do not move are dropped.
+    /// `start + i`.
     WriteBlocks {
         volume: u64,
         blocks: Vec<u64>,
-        expect: Option<(u64, Vec<u64>)>,
         start: u64,
         crcs: Vec<u32>,
         reply: oneshot::Sender<Result<()>>,
@@ -192,11 +188,6 @@ impl Committer {
             DiskError::Index(format!("disk failed earlier: {why}"))
         });
         None
-    }
-
-    /// The allocator's count of frees (see `CommitOp::WriteBlocks`).
-    fn frees(&self) -> u64 {
-        self.alloc.lock().map_or(u64::MAX, |a| a.frees())
     }
 
     fn free(&self, extents: &[Extent]) {
@@ -387,7 +378,6 @@ impl Committer {
                     blocks: numbers,
                     start,
                     crcs,
-                    expect,
                     ..
                 } => {
                     let olds: Result<Vec<Option<u64>>> = numbers
@@ -399,16 +389,6 @@ impl Committer {
                             for (i, (old, crc)) in olds.into_iter().zip(crcs).enumerate() {
                                 let block = numbers[i];
                                 let addr = start + i as u64;
-                                if expect.as_ref().is_some_and(|(frees, x)| {
-                                    *frees != self.frees() || old != Some(x[i])
-                                }) {
-                                    // Rewritten or trimmed since it was read: keep that.
-                                    unused.push(Extent {
-                                        start: addr,
-                                        len: 1,
-                                    });
-                                    continue;
-                                }
                                 if let Some(old) = old {
                                     released.push(Extent { start: old, len: 1 });
                                 }

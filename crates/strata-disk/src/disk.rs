@@ -48,10 +48,8 @@ pub struct Disk {
     alloc: Arc<Mutex<Allocator>>,
     counters: Arc<Counters>,
     data_path: PathBuf,
-    pub(crate) commit_tx: Option<mpsc::Sender<CommitOp>>,
+    commit_tx: Option<mpsc::Sender<CommitOp>>,
     committer: Option<JoinHandle<()>>,
-    /// A relocation of a fragmented volume range runs.
-    pub(crate) relocating: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -185,7 +183,6 @@ impl Disk {
             data_path: data_path.clone(),
             commit_tx: Some(tx),
             committer: Some(handle),
-            relocating: Arc::default(),
         }))
     }
 

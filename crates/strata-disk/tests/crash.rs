@@ -374,9 +374,6 @@ async fn verify(dir: &Path, round: u64, model: &mut Model) {
         "round {round}: stray chunks"
     );
     let slots = TASKS * BLOCKS_PER_TASK;
-    // Taken before the read: a read of a fragmented range may start a relocation, which
-    // holds extra blocks until it commits.
-    let usage = disk.usage();
     let read = disk
         .read_blocks(VOLUME, 0, slots)
         .await
@@ -400,6 +397,7 @@ async fn verify(dir: &Path, round: u64, model: &mut Model) {
         model.blocks[b] = actual;
     }
 
+    let usage = disk.usage();
     assert_eq!(usage.chunks, present);
     assert_eq!(
         usage.used_bytes,
