@@ -166,12 +166,36 @@ async fn wait_auth(
 }
 
 /// Starts `strata serve` with a fresh data dir under `work`.
+/// Bytes an unprivileged user may still allocate in the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 pub async fn start_strata(bin: &Path, work: &Path, capacity_bytes: u64) -> Result<Peer> {
     let dir = work.join("strata");
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
+    // The node preallocates its whole data file at start; say so plainly when it cannot.
+    if let Some(free) = free_bytes(&dir) {
+        if free < capacity_bytes + (1 << 30) {
+            anyhow::bail!(
+                "Strata's data file is preallocated at {} GiB and {} has {} GiB free: \
+                 free some space or point --work-dir at another filesystem",
+                capacity_bytes >> 30,
+                dir.display(),
+                free >> 30
+            );
+        }
+    }
     let mut ports: StrataPorts = [0; 6];
     for p in &mut ports {
         *p = free_port()?;
