@@ -165,7 +165,6 @@ async fn wait_auth(
     }
 }
 
-/// Starts `strata serve` with a fresh data dir under `work`.
 /// Bytes an unprivileged user may still allocate in the filesystem holding `path`.
 fn free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -178,6 +177,7 @@ fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Starts `strata serve` with a fresh data dir under `work`.
 pub async fn start_strata(bin: &Path, work: &Path, capacity_bytes: u64) -> Result<Peer> {
     let dir = work.join("strata");
     if dir.exists() {

@@ -85,8 +85,6 @@ struct Piece {
     extent: u64,
     first_block: u64,
     blocks: u64,
-    /// Offset of the piece within the request's bytes.
-    at: usize,
 }
 
 /// Cut `[offset, offset + len)` (block aligned) at extent boundaries and at the largest disk
@@ -104,7 +102,6 @@ fn pieces(offset: u64, len: u64) -> Vec<Piece> {
             extent,
             first_block: block,
             blocks,
-            at: ((block * BLOCK) - offset) as usize,
         });
         block += blocks;
     }
@@ -445,7 +442,6 @@ impl Io {
                 extent: p.extent,
                 first_block: p.first_block + first,
                 blocks: last - first + 1,
-                at: 0,
             };
             let lower = self.read_layer(layer, sub).await?;
             let mut data = BytesMut::from(&out.data[..]);
@@ -642,10 +638,14 @@ mod tests {
     fn pieces_split_at_extents_and_request_limits() {
         let ps = pieces(EXTENT_BYTES - 2 * BLOCK, 4 * BLOCK);
         assert_eq!(ps.len(), 2);
-        assert_eq!((ps[0].extent, ps[0].blocks, ps[0].at), (0, 2, 0));
+        let per_extent = EXTENT_BYTES / BLOCK;
         assert_eq!(
-            (ps[1].extent, ps[1].blocks, ps[1].at),
-            (1, 2, 2 * BLOCK as usize)
+            (ps[0].extent, ps[0].blocks, ps[0].first_block),
+            (0, 2, per_extent - 2)
+        );
+        assert_eq!(
+            (ps[1].extent, ps[1].blocks, ps[1].first_block),
+            (1, 2, per_extent)
         );
         let ps = pieces(0, 3 * EXTENT_BYTES);
         assert_eq!(ps.len(), 3);
