@@ -116,19 +116,6 @@ async fn update_record<T: Serialize + for<'de> Deserialize<'de>>(
     }
 }
 
-/// The block spec that reads a frozen chain of layers.
-fn frozen(snap: &block::SnapshotSpec) -> VolumeSpec {
-    let mut layers = snap.layers.clone();
-    let top = layers.pop().unwrap_or(0);
-    VolumeSpec {
-        id: top,
-        name: snap.name.clone(),
-        size_bytes: snap.size_bytes,
-        parents: layers,
-        exported: false,
-    }
-}
-
 pub(crate) async fn create(req: &Req) -> Result<Response> {
     req.require_writer()?;
     let body = req.body_object("backup")?;
@@ -358,7 +345,7 @@ async fn run_backup(
         Some(p) => Some(read_manifest(gw, p).await?),
         None => None,
     };
-    let vol = Volume::new(frozen(source), gw.data.clone(), gw.volumes.insync().clone());
+    let vol = Volume::new(source.frozen(), gw.data.clone(), gw.volumes.insync().clone());
     let pre = prefix(&b.volume_id, &b.id);
     let mut extents = BTreeMap::new();
     let mut stored = 0u64;

@@ -67,6 +67,22 @@ pub struct SnapshotSpec {
     pub layers: Vec<u64>,
 }
 
+impl SnapshotSpec {
+    /// A read-only view of the frozen chain as a volume spec (unexported), for reading the
+    /// snapshot's blocks through a [`crate::Volume`]. Never write through it.
+    pub fn frozen(&self) -> VolumeSpec {
+        let mut layers = self.layers.clone();
+        let top = layers.pop().unwrap_or(0);
+        VolumeSpec {
+            id: top,
+            name: self.name.clone(),
+            size_bytes: self.size_bytes,
+            parents: layers,
+            exported: false,
+        }
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, VolumeError> {
     serde_json::to_vec(v).map_err(|e| VolumeError::Codec(e.to_string()))
 }
@@ -329,6 +345,68 @@ pub async fn snapshot(
         .ok_or_else(|| VolumeError::Codec("snapshot record missing".into()))
 }
 
+/// Turn volume `name` into the snapshot record `snap` of `size_bytes` (at most the
+/// volume's size), in one transaction with the caller's `checks` and `extra` ops: the
+/// volume record goes, its whole chain is kept under the snapshot, and nothing is copied
+/// or freed. For data written once through a hidden volume and then only read (images).
+pub async fn freeze_with(
+    meta: &dyn MetaStore,
+    name: &str,
+    snap: &str,
+    size_bytes: u64,
+    mut checks: Vec<Check>,
+    extra: Vec<Op>,
+) -> Result<SnapshotSpec, VolumeError> {
+    check_name(snap)?;
+    check_size(size_bytes)?;
+    let raw = meta
+        .get(VOLUMES_TABLE, name)
+        .await?
+        .ok_or_else(|| VolumeError::NotFound(name.into()))?;
+    let spec: VolumeSpec = decode(&raw)?;
+    if size_bytes > spec.size_bytes {
+        return Err(VolumeError::Invalid(format!(
+            "a snapshot of {size_bytes} bytes cannot be larger than volume {name} ({} bytes)",
+            spec.size_bytes
+        )));
+    }
+    let mut layers = spec.parents.clone();
+    layers.push(spec.id);
+    let record = SnapshotSpec {
+        name: snap.into(),
+        volume: name.into(),
+        size_bytes,
+        layers,
+    };
+    checks.push(Check::Equals {
+        table: VOLUMES_TABLE.into(),
+        key: name.into(),
+        value: raw,
+    });
+    checks.push(Check::Absent {
+        table: SNAPSHOTS_TABLE.into(),
+        key: snap.into(),
+    });
+    let mut ops = vec![
+        Op::Delete {
+            table: VOLUMES_TABLE.into(),
+            key: name.into(),
+        },
+        Op::Put {
+            table: SNAPSHOTS_TABLE.into(),
+            key: snap.into(),
+            value: encode(&record)?,
+        },
+    ];
+    ops.extend(extra);
+    if !meta.write(Txn { checks, ops }).await?.succeeded {
+        return Err(VolumeError::Conflict(format!(
+            "volume {name} or snapshot {snap} changed while being frozen"
+        )));
+    }
+    Ok(record)
+}
+
 fn garbage_ops(layers: &[u64], size_bytes: u64) -> Vec<Op> {
     layers
         .iter()
@@ -388,6 +466,16 @@ pub async fn delete_snapshot_with(
     snap: &str,
     extra: Vec<Op>,
 ) -> Result<(), VolumeError> {
+    delete_snapshot_checked(meta, snap, vec![], extra).await
+}
+
+/// [`delete_snapshot_with`], also conditional on the caller's `checks`.
+pub async fn delete_snapshot_checked(
+    meta: &dyn MetaStore,
+    snap: &str,
+    mut checks: Vec<Check>,
+    extra: Vec<Op>,
+) -> Result<(), VolumeError> {
     let raw = meta
         .get(SNAPSHOTS_TABLE, snap)
         .await?
@@ -399,14 +487,12 @@ pub async fn delete_snapshot_with(
     }];
     ops.extend(garbage_ops(&spec.layers, spec.size_bytes));
     ops.extend(extra);
-    let txn = Txn {
-        checks: vec![Check::Equals {
-            table: SNAPSHOTS_TABLE.into(),
-            key: snap.into(),
-            value: raw,
-        }],
-        ops,
-    };
+    checks.push(Check::Equals {
+        table: SNAPSHOTS_TABLE.into(),
+        key: snap.into(),
+        value: raw,
+    });
+    let txn = Txn { checks, ops };
     if !meta.write(txn).await?.succeeded {
         return Err(VolumeError::Conflict(format!(
             "snapshot {snap} changed while being deleted"
@@ -490,6 +576,36 @@ mod tests {
         assert!(!refs.contains(&after.id));
         let queued: Vec<u64> = garbage(&meta).await.unwrap().iter().map(|g| g.0).collect();
         assert!(queued.contains(&after.id) && queued.contains(&v.id));
+    }
+
+    #[tokio::test]
+    async fn freeze_turns_a_volume_into_a_snapshot_of_its_used_size() {
+        let meta = MemMeta::new();
+        let v = create_with(&meta, new_volume("hidden", 1 << 30, false), vec![], vec![])
+            .await
+            .unwrap();
+        assert!(matches!(
+            freeze_with(&meta, "hidden", "img", 2 << 30, vec![], vec![]).await,
+            Err(VolumeError::Invalid(_))
+        ));
+        assert!(matches!(
+            freeze_with(&meta, "hidden", "img", 100, vec![], vec![]).await,
+            Err(VolumeError::Invalid(_))
+        ));
+        let s = freeze_with(&meta, "hidden", "img", 8192, vec![], vec![])
+            .await
+            .unwrap();
+        assert_eq!((s.layers.clone(), s.size_bytes), (vec![v.id], 8192));
+        assert_eq!(get(&meta, "hidden").await.unwrap(), None);
+        assert_eq!(get_snapshot(&meta, "img").await.unwrap(), Some(s.clone()));
+        // Nothing was queued for freeing: the snapshot holds the layer.
+        assert!(garbage(&meta).await.unwrap().is_empty());
+        assert!(referenced_layers(&meta).await.unwrap().contains(&v.id));
+        // A second freeze finds no volume.
+        assert!(matches!(
+            freeze_with(&meta, "hidden", "img", 8192, vec![], vec![]).await,
+            Err(VolumeError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
