@@ -22,7 +22,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-read -r KS SW RPC NBD CIN COMP <<<"$(for _ in 1 2 3 4 5 6; do free_port; done | tr '\n' ' ')"
+read -r KS SW RPC NBD CIN COMP GL <<<"$(for _ in 1 2 3 4 5 6 7; do free_port; done | tr '\n' ' ')"
 cat > "$WORK/node.toml" <<CONF
 node-id = 1
 data-dir = "$WORK/data"
@@ -34,6 +34,7 @@ rpc = $RPC
 nbd = $NBD
 cinder = $CIN
 compute = $COMP
+glance = $GL
 [[disks]]
 path = "disk0"
 capacity-bytes = 2147483648

@@ -96,10 +96,11 @@ class Ports:
     nbd: int
     cinder: int
     compute: int
+    glance: int
 
     @classmethod
     def allocate(cls, host: str) -> "Ports":
-        return cls(*free_ports(host, 6))
+        return cls(*free_ports(host, 7))
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +154,7 @@ def render_config(
         f"nbd = {ports.nbd}",
         f"cinder = {ports.cinder}",
         f"compute = {ports.compute}",
+        f"glance = {ports.glance}",
         "",
         "[[disks]]",
         'path = "disk0"',
@@ -269,6 +271,10 @@ class Node:
     @property
     def compute_url(self) -> str:
         return f"http://{self.bind}:{self.ports.compute}"
+
+    @property
+    def image_url(self) -> str:
+        return f"http://{self.bind}:{self.ports.glance}"
 
     def nbd_url(self, export: str) -> str:
         return f"nbd://{self.bind}:{self.ports.nbd}/{export}"

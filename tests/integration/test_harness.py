@@ -17,7 +17,7 @@ from harness import CLUSTER_ADDRS, DISK_BYTES, Cluster, Node, NodeError, free_po
 # The keys `strata serve --config` accepts (it refuses unknown ones).
 TOP_KEYS = {"node-id", "zone", "data-dir", "bind", "public-host", "ports", "admin-password",
             "disks", "cluster"}  # fmt: skip
-PORT_KEYS = {"keystone", "swift", "rpc", "nbd", "cinder", "compute"}
+PORT_KEYS = {"keystone", "swift", "rpc", "nbd", "cinder", "compute", "glance"}
 DISK_KEYS = {"path", "device", "capacity-bytes", "weight"}
 CLUSTER_KEYS = {"replicas", "write-quorum", "part-power", "nodes"}
 MEMBER_KEYS = {"id", "rpc", "zone", "disks", "weight"}
@@ -62,6 +62,7 @@ def test_cluster_configs(tmp_path):
             "nbd": node.ports.nbd,
             "cinder": node.ports.cinder,
             "compute": node.ports.compute,
+            "glance": node.ports.glance,
         }
         [disk] = cfg["disks"]
         assert set(disk) <= DISK_KEYS

@@ -104,12 +104,12 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
-/// Ports of a bench node: keystone, swift, rpc, nbd, cinder, compute.
-pub type StrataPorts = [u16; 6];
+/// Ports of a bench node: keystone, swift, rpc, nbd, cinder, compute, glance.
+pub type StrataPorts = [u16; 7];
 
 /// The `strata serve --config` file of a one-node, one-replica bench node.
 pub fn strata_config(data_dir: &Path, ports: StrataPorts, capacity_bytes: u64) -> String {
-    let [keystone, swift, rpc, nbd, cinder, compute] = ports;
+    let [keystone, swift, rpc, nbd, cinder, compute, glance] = ports;
     let dir = data_dir
         .display()
         .to_string()
@@ -128,6 +128,7 @@ pub fn strata_config(data_dir: &Path, ports: StrataPorts, capacity_bytes: u64) -
          nbd = {nbd}\n\
          cinder = {cinder}\n\
          compute = {compute}\n\
+         glance = {glance}\n\
          \n\
          [[disks]]\n\
          path = \"disk0\"\n\
@@ -196,7 +197,7 @@ pub async fn start_strata(bin: &Path, work: &Path, capacity_bytes: u64) -> Resul
             );
         }
     }
-    let mut ports: StrataPorts = [0; 6];
+    let mut ports: StrataPorts = [0; 7];
     for p in &mut ports {
         *p = free_port()?;
     }
@@ -326,14 +327,14 @@ mod tests {
     fn strata_config_has_every_key() {
         let c = strata_config(
             Path::new("/tmp/b/data"),
-            [15000, 18080, 17400, 10900, 18776, 18774],
+            [15000, 18080, 17400, 10900, 18776, 18774, 19292],
             1 << 30,
         );
         for want in [
             "node-id = 1",
             "data-dir = \"/tmp/b/data\"",
             "bind = \"127.0.0.1\"",
-            "[ports]\nkeystone = 15000\nswift = 18080\nrpc = 17400\nnbd = 10900\ncinder = 18776\ncompute = 18774",
+            "[ports]\nkeystone = 15000\nswift = 18080\nrpc = 17400\nnbd = 10900\ncinder = 18776\ncompute = 18774\nglance = 19292",
             "[[disks]]\npath = \"disk0\"\ncapacity-bytes = 1073741824",
             "[cluster]\nreplicas = 1\nwrite-quorum = 1",
         ] {

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_nbd::BlockTarget;
 use strata_volume::records as block;
-use strata_volume::{Volume, VolumeSpec, EXTENT_BYTES};
+use strata_volume::{Volume, EXTENT_BYTES};
 
 use crate::model::{self, BackupRecord, ExtentRef, VolumeRecord, BACKUPS, VOLUMES};
 use crate::volumes::{self, accepted, invalid_status, page};
@@ -345,7 +345,11 @@ async fn run_backup(
         Some(p) => Some(read_manifest(gw, p).await?),
         None => None,
     };
-    let vol = Volume::new(source.frozen(), gw.data.clone(), gw.volumes.insync().clone());
+    let vol = Volume::new(
+        source.frozen(),
+        gw.data.clone(),
+        gw.volumes.insync().clone(),
+    );
     let pre = prefix(&b.volume_id, &b.id);
     let mut extents = BTreeMap::new();
     let mut stored = 0u64;

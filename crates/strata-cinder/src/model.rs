@@ -69,6 +69,9 @@ pub struct VolumeRecord {
     pub updated_at: Option<String>,
     /// Whether a connection was initialized (the volume is exported).
     pub connected: bool,
+    /// The image the volume was created from, as Cinder's `volume_image_metadata`.
+    #[serde(default)]
+    pub image_metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +242,9 @@ pub fn volume_view(v: &VolumeRecord, type_name: &str, admin: bool, link: Value) 
         "consistencygroup_id": null,
         "migration_status": null,
     });
+    if !v.image_metadata.is_empty() {
+        out["volume_image_metadata"] = json!(v.image_metadata);
+    }
     if admin {
         let m = out.as_object_mut().expect("object");
         m.insert("os-vol-host-attr:host".into(), json!("strata@nbd#strata"));

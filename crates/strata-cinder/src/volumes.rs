@@ -186,9 +186,7 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
     let size = int_field(&body, "size")?;
     let snapshot_id = text_field(&body, &["snapshot_id"])?;
     let source_volid = text_field(&body, &["source_volid"])?;
-    if let Some(image) = text_field(&body, &["imageRef"])? {
-        return Err(not_found(format!("Image {image} could not be found.")));
-    }
+    let image_ref = text_field(&body, &["imageRef"])?;
     if let Some(az) = text_field(&body, &["availability_zone"])? {
         if az != "nova" {
             return Err(bad_request(format!(
@@ -201,14 +199,24 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
             "Invalid input received: multiattach is not supported by this volume type.",
         ));
     }
-    if snapshot_id.is_some() && source_volid.is_some() {
+    if [
+        snapshot_id.is_some(),
+        source_volid.is_some(),
+        image_ref.is_some(),
+    ]
+    .iter()
+    .filter(|&&x| x)
+    .count()
+        > 1
+    {
         return Err(bad_request(
-            "Invalid input received: give at most one of snapshot_id and source_volid.",
+            "Invalid input received: give at most one of snapshot_id, source_volid and imageRef.",
         ));
     }
     let type_id = types::resolve(req, text_field(&body, &["volume_type"])?.as_deref()).await?;
 
     let id = model::new_id();
+    let mut image_metadata = BTreeMap::new();
     let (source_size, mut checks, engine, bootable) = if let Some(sid) = &snapshot_id {
         let (snap, raw) = crate::snapshots::load(req, sid).await?;
         if snap.status != "available" {
@@ -241,6 +249,10 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
             .map_err(volume_fault)?;
         req.gw.volumes.sync().await;
         (vol.size, vec![], Some(snap), vol.bootable)
+    } else if let Some(iid) = &image_ref {
+        let (img, check, snap) = image_source(req, iid).await?;
+        image_metadata = image_metadata_of(&img);
+        (img_size_gib(&img), vec![check], snap, true)
     } else {
         (0, vec![], None, false)
     };
@@ -271,6 +283,7 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
     record.bootable = bootable;
     record.snapshot_id = snapshot_id;
     record.source_volid = source_volid.clone();
+    record.image_metadata = image_metadata;
     let created = insert(req, spec, checks, &record).await;
     if let Some(snap) = engine.filter(|_| source_volid.is_some()) {
         if let Err(e) = block::delete_snapshot_with(req.gw.meta.as_ref(), &snap.name, vec![]).await
@@ -313,6 +326,94 @@ fn new_record(
         created_at: model::now(),
         updated_at: None,
         connected: false,
+        image_metadata: BTreeMap::new(),
+    }
+}
+
+/// The GiB a volume made from `img` needs at least: its bytes, and its `min_disk`.
+fn img_size_gib(img: &strata_image::ImageRecord) -> u64 {
+    img.size.unwrap_or(0).div_ceil(GIB).max(img.min_disk).max(1)
+}
+
+/// What a volume made from `img` shows as `volume_image_metadata`.
+fn image_metadata_of(img: &strata_image::ImageRecord) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> = img.properties.clone();
+    let mut set = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            m.insert(k.into(), v);
+        }
+    };
+    set("image_id", Some(img.id.clone()));
+    set("image_name", img.name.clone());
+    set("checksum", img.checksum.clone());
+    set("container_format", img.container_format.clone());
+    set("disk_format", img.disk_format.clone());
+    set("min_disk", Some(img.min_disk.to_string()));
+    set("min_ram", Some(img.min_ram.to_string()));
+    set("size", img.size.map(|s| s.to_string()));
+    m
+}
+
+/// The image a volume is created from: visible to the caller's project, `active`, and
+/// raw bytes (`raw` or `iso`; other formats would need converting). Returns the record,
+/// a check that it is unchanged when the volume is recorded, and the frozen chain holding
+/// its bytes (None for an image of zero bytes).
+async fn image_source(
+    req: &Req,
+    iid: &str,
+) -> Result<(
+    strata_image::ImageRecord,
+    strata_meta::Check,
+    Option<block::SnapshotSpec>,
+)> {
+    let meta = req.gw.meta.as_ref();
+    let missing = || not_found(format!("Image {iid} could not be found."));
+    let (img, raw) = strata_image::get(meta, iid)
+        .await
+        .map_err(image_fault)?
+        .ok_or_else(missing)?;
+    let caller = strata_image::Caller {
+        project: req.project.clone(),
+        admin: req.is_admin(),
+    };
+    let member = strata_image::member(meta, iid, &req.project)
+        .await
+        .map_err(image_fault)?
+        .map(|m| m.0);
+    if !caller.may_read(&img, member.as_ref()) {
+        return Err(missing());
+    }
+    if img.status != "active" {
+        return Err(bad_request(format!(
+            "Invalid image identifier or unable to access requested image: image {iid} is {}, not active.",
+            img.status
+        )));
+    }
+    let format = img.disk_format.as_deref().unwrap_or("raw");
+    if !matches!(format, "raw" | "iso") {
+        return Err(bad_request(format!(
+            "Image {iid} is {format}: only raw (or iso) images can back a volume, without conversion."
+        )));
+    }
+    let snap = match &img.data {
+        None => None,
+        Some(name) => Some(
+            block::get_snapshot(meta, name)
+                .await
+                .map_err(volume_fault)?
+                .ok_or_else(|| crate::internal(format!("The data of image {iid} is missing.")))?,
+        ),
+    };
+    let check = unchanged(strata_image::IMAGES, iid, raw);
+    Ok((img, check, snap))
+}
+
+fn image_fault(e: strata_image::ImageError) -> crate::Fault {
+    use strata_image::ImageError as E;
+    match e {
+        E::Meta(e) => crate::meta_fault(e),
+        E::NotFound(m) => not_found(m),
+        other => crate::internal(other.to_string()),
     }
 }
 

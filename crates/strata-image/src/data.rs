@@ -102,7 +102,9 @@ impl ImageData {
             )));
         }
         let saving_raw = encode(&saving);
-        let result = self.write_and_freeze(&saving, saving_raw.clone(), body, size_hint).await;
+        let result = self
+            .write_and_freeze(&saving, saving_raw.clone(), body, size_hint)
+            .await;
         match result {
             Ok(active) => {
                 tracing::info!(image = id, size = active.size, "image data stored");
@@ -414,7 +416,9 @@ mod tests {
         queued(&store, "a").await;
         // Odd piece sizes, a zero run that stays a hole, and a tail that is not a
         // multiple of 4 KiB; the hint is too small, so the hidden volume must grow.
-        let mut bytes: Vec<u8> = (0..9_000_003u32).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let mut bytes: Vec<u8> = (0..9_000_003u32)
+            .map(|i| (i * 7 + i / 4096) as u8)
+            .collect();
         bytes[4 << 20..8 << 20].fill(0);
         let parts: Vec<Vec<u8>> = bytes.chunks(65_521).map(|c| c.to_vec()).collect();
         let rec = store
@@ -434,7 +438,9 @@ mod tests {
         let stored = get(store.meta.as_ref(), "a").await.unwrap().unwrap().0;
         assert_eq!(stored, rec);
         assert_eq!(
-            block::get(store.meta.as_ref(), &data_name("a")).await.unwrap(),
+            block::get(store.meta.as_ref(), &data_name("a"))
+                .await
+                .unwrap(),
             None,
             "the hidden volume became the snapshot"
         );
@@ -463,9 +469,17 @@ mod tests {
         assert!(matches!(err, ImageError::Body(_)), "{err}");
         let rec = get(store.meta.as_ref(), "b").await.unwrap().unwrap().0;
         assert_eq!((rec.status.as_str(), rec.data.as_deref()), ("queued", None));
-        assert_eq!(block::get(store.meta.as_ref(), &data_name("b")).await.unwrap(), None);
+        assert_eq!(
+            block::get(store.meta.as_ref(), &data_name("b"))
+                .await
+                .unwrap(),
+            None
+        );
         // The queued layer waits for the collector.
-        assert!(!block::garbage(store.meta.as_ref()).await.unwrap().is_empty());
+        assert!(!block::garbage(store.meta.as_ref())
+            .await
+            .unwrap()
+            .is_empty());
 
         // Empty bodies make an active image of zero bytes, with no data record.
         let rec = store.upload("b", body(vec![]), Some(0)).await.unwrap();

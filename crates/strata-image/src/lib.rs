@@ -197,7 +197,10 @@ pub async fn list(meta: &dyn MetaStore) -> Result<Vec<ImageRecord>, ImageError> 
 }
 
 /// The members of one image.
-pub async fn members(meta: &dyn MetaStore, image_id: &str) -> Result<Vec<MemberRecord>, ImageError> {
+pub async fn members(
+    meta: &dyn MetaStore,
+    image_id: &str,
+) -> Result<Vec<MemberRecord>, ImageError> {
     let prefix = format!("{image_id}/");
     Ok(meta
         .scan(MEMBERS, &prefix, None, usize::MAX)
@@ -267,17 +270,15 @@ pub async fn delete(
         }
     }
     match &image.data {
-        Some(snap) => {
-            strata_volume::records::delete_snapshot_checked(meta, snap, vec![check], ops)
-                .await
-                .map_err(|e| match e {
-                    strata_volume::VolumeError::NotFound(_) => ImageError::Storage(format!(
-                        "image {} names data {snap} that is gone",
-                        image.id
-                    )),
-                    e => e.into(),
-                })
-        }
+        Some(snap) => strata_volume::records::delete_snapshot_checked(meta, snap, vec![check], ops)
+            .await
+            .map_err(|e| match e {
+                strata_volume::VolumeError::NotFound(_) => ImageError::Storage(format!(
+                    "image {} names data {snap} that is gone",
+                    image.id
+                )),
+                e => e.into(),
+            }),
         None => {
             let out = meta
                 .write(strata_meta::Txn {

@@ -63,6 +63,9 @@ pub struct Ports {
     /// The compute API (today Nova's `os-volumes` family).
     #[serde(default = "default_compute")]
     pub compute: u16,
+    /// Glance v2 (images).
+    #[serde(default = "default_glance")]
+    pub glance: u16,
 }
 
 /// One disk of a node.
@@ -144,6 +147,9 @@ fn default_cinder() -> u16 {
 fn default_compute() -> u16 {
     8774
 }
+fn default_glance() -> u16 {
+    9292
+}
 fn default_capacity() -> u64 {
     8 << 30
 }
@@ -177,6 +183,7 @@ impl Default for Ports {
             nbd: default_nbd(),
             cinder: default_cinder(),
             compute: default_compute(),
+            glance: default_glance(),
         }
     }
 }

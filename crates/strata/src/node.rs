@@ -136,6 +136,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let keystone_url = format!("http://{host}:{}", cfg.ports.keystone);
     let cinder_url = format!("http://{host}:{}", cfg.ports.cinder);
     let compute_url = format!("http://{host}:{}", cfg.ports.compute);
+    let image_url = format!("http://{host}:{}", cfg.ports.glance);
     publish_node(meta.as_ref(), &cfg, &swift_url, &keystone_url).await?;
 
     let identity = Identity::new(
@@ -145,10 +146,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             identity_url: keystone_url.clone(),
             object_store_url: swift_url.clone(),
             volume_url: cinder_url.clone(),
-            // The compute port serves only Nova's os-volumes family so far, and there is
-            // no image service yet: neither goes into the catalog.
+            // The compute port serves only Nova's os-volumes family so far: it stays out
+            // of the catalog.
             compute_url: None,
-            image_url: None,
+            image_url: Some(image_url.clone()),
         },
     );
     identity
@@ -162,6 +163,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         identity: identity.clone(),
     }));
     let keystone = identity.router();
+    let glance = strata_glance::router(Arc::new(strata_glance::GlanceGateway {
+        meta: store.clone(),
+        images: strata_image::data::ImageData {
+            meta: store.clone(),
+            data: data.clone(),
+            insync: volumes.insync().clone(),
+        },
+        auth: identity.clone(),
+        public_url: image_url.clone(),
+    }));
     let cinder_gw = Arc::new(strata_cinder::CinderGateway {
         meta: store,
         volumes,
@@ -192,11 +203,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let compute_listener = tokio::net::TcpListener::bind(&compute_addr)
         .await
         .with_context(|| format!("binding compute {compute_addr}"))?;
+    let glance_addr = format!("{}:{}", cfg.bind, cfg.ports.glance);
+    let glance_listener = tokio::net::TcpListener::bind(&glance_addr)
+        .await
+        .with_context(|| format!("binding glance {glance_addr}"))?;
     tracing::info!(%swift_url, %keystone_url, "gateways listening");
     println!("strata node {} ready", cfg.node_id);
     println!("  swift:    {swift_url}/v1/AUTH_<project_id>  (TempAuth: {swift_url}/auth/v1.0)");
     println!("  keystone: {keystone_url}/v3");
     println!("  cinder:   {cinder_url}/v3/<project_id>  (and /v2)");
+    println!("  glance:   {image_url}/v2");
     println!("  nbd:      nbd://{host}:{}/<volume>", cfg.ports.nbd);
     println!("  vhost:    {}/<volume>.sock", vhost_dir.display());
     println!("  compute:  {compute_url}/v2.1/<project_id>/os-volumes  (os-volumes family only)");
@@ -210,7 +226,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let cinder_srv = strata_api::http1::serve(cinder_listener, strata_api::with_request_id(cinder));
     let compute_srv =
         strata_api::http1::serve(compute_listener, strata_api::with_request_id(compute));
+    let glance_srv = strata_api::http1::serve(glance_listener, strata_api::with_request_id(glance));
     tokio::select! {
+        r = glance_srv => r.context("glance gateway stopped")?,
         r = swift_srv => r.context("swift gateway stopped")?,
         r = keystone_srv => r.context("keystone gateway stopped")?,
         r = cinder_srv => r.context("cinder gateway stopped")?,
