@@ -279,6 +279,9 @@ class Node:
     def nbd_url(self, export: str) -> str:
         return f"nbd://{self.bind}:{self.ports.nbd}/{export}"
 
+    def nbd_unix_url(self, export: str) -> str:
+        return f"nbd+unix:///{export}?socket={self.data_dir / 'nbd.sock'}"
+
     def admin(self, *args: str, timeout: float = 60) -> str:
         """Runs `strata admin ARGS --rpc <this node>` and returns its output."""
         p = subprocess.run(

@@ -61,6 +61,16 @@ def test_qemu_io_patterns_at_odd_offsets(single_node):
     assert "Pattern verification failed" not in out, out
 
 
+def test_the_unix_socket_serves_the_same_exports(single_node):
+    single_node.admin("volume", "create", "viaunix", "16M")
+    tcp, unix = single_node.nbd_url("viaunix"), single_node.nbd_unix_url("viaunix")
+    run("qemu-io", "-f", "raw", unix, "-c", f"write -P 0x6c {3 * MiB + 5} 9000")
+    out = run("qemu-io", "-f", "raw", tcp, "-c", f"read -P 0x6c {3 * MiB + 5} 9000")
+    assert "Pattern verification failed" not in out, out
+    info = json.loads(run("nbdinfo", "--json", unix))
+    assert info["exports"][0]["export-size"] == 16 * MiB, info
+
+
 def test_nbdinfo_map_shows_holes_for_unwritten_ranges(single_node):
     single_node.admin("volume", "create", "sparse", "32M")
     url = single_node.nbd_url("sparse")

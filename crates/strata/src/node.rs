@@ -124,6 +124,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Duration::from_secs(2),
     );
     strata_volume::gc::spawn_collector(store.clone(), data.clone(), Duration::from_secs(5));
+    // The same exports on a Unix socket, for clients on this host (no TCP stack in the
+    // way). A path too long for a socket address only costs that listener.
+    let nbd_sock = cfg.data_dir.join("nbd.sock");
+    let _ = std::fs::remove_file(&nbd_sock);
+    match tokio::net::UnixListener::bind(&nbd_sock) {
+        Ok(listener) => {
+            let exports = exports.clone();
+            tokio::spawn(async move {
+                if let Err(e) = strata_nbd::serve_unix(listener, exports).await {
+                    tracing::error!(error = %e, "nbd unix socket server stopped");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(path = %nbd_sock.display(), error = %e, "no NBD unix socket")
+        }
+    }
     tokio::spawn(async move {
         if let Err(e) = strata_nbd::serve_tcp(nbd_listener, exports).await {
             tracing::error!(error = %e, "nbd server stopped");
@@ -214,6 +231,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("  cinder:   {cinder_url}/v3/<project_id>  (and /v2)");
     println!("  glance:   {image_url}/v2");
     println!("  nbd:      nbd://{host}:{}/<volume>", cfg.ports.nbd);
+    println!(
+        "            nbd+unix:///<volume>?socket={}",
+        nbd_sock.display()
+    );
     println!("  vhost:    {}/<volume>.sock", vhost_dir.display());
     println!("  compute:  {compute_url}/v2.1/<project_id>/os-volumes  (os-volumes family only)");
     println!("  admin:    user admin, project admin, domain Default");
