@@ -346,7 +346,7 @@ impl Io {
                 .replica_write_blocks(*r, layer, blocks, data.clone())
         }))
         .await;
-        self.settle(layer, &replicas, results).await
+        self.settle(layer, extent, &replicas, results).await
     }
 
     /// Trim one piece of a layer on every replica of its extent.
@@ -357,7 +357,7 @@ impl Io {
                 .replica_trim_blocks(*r, layer, p.first_block, p.blocks)
         }))
         .await;
-        self.settle(layer, &replicas, results).await
+        self.settle(layer, p.extent, &replicas, results).await
     }
 
     /// Decide a replicated change: every in-sync replica that failed leaves the in-sync set
@@ -366,6 +366,7 @@ impl Io {
     async fn settle(
         &self,
         layer: u64,
+        extent: u64,
         replicas: &[Replica],
         results: Vec<Result<(), DataError>>,
     ) -> NbdResult<()> {
@@ -385,7 +386,7 @@ impl Io {
                         tracing::warn!(layer, disk = r.disk, node = r.node, error = %e,
                             "in-sync replica missed a volume write");
                     }
-                    if let Err(m) = self.insync.mark(layer, r.disk).await {
+                    if let Err(m) = self.insync.mark(layer, r.disk, extent).await {
                         // Unrecorded, the replica could serve stale reads later: fail.
                         tracing::error!(layer, disk = r.disk, error = %m,
                             "cannot record a replica as stale");

@@ -23,6 +23,9 @@ pub const SNAPSHOTS_TABLE: &str = "block.snapshots";
 /// Meta table of replicas that missed writes of a layer, keyed `<layer>/<disk>` (see
 /// `insync`); the value changes whenever the replica misses another write.
 pub const STALE_TABLE: &str = "block.stale";
+/// Meta table of the extents each stale replica missed writes of, keyed
+/// `<layer>/<disk>/<extent>` (empty values): what its resync copies.
+pub const STALE_EXTENTS_TABLE: &str = "block.stale_extents";
 /// Meta table of layers waiting to be freed, keyed by layer id; the value is the size in
 /// bytes the layer covered.
 pub const GARBAGE_TABLE: &str = "block.garbage";
