@@ -48,6 +48,65 @@ pub const LISTING_ETAG_OVERRIDE: &str = "x-object-sysmeta-container-update-overr
 /// Chunk writes of one object kept in flight at once.
 const CHUNK_WRITES_IN_FLIGHT: usize = 4;
 
+/// The MD5 of a body as it arrives: inline for the first chunk's worth (small objects pay
+/// no thread hop), then on a blocking thread fed through a channel, beside the chunk writes.
+enum Md5Pipe {
+    Inline(Md5),
+    Thread(
+        std::sync::mpsc::Sender<Bytes>,
+        tokio::task::JoinHandle<String>,
+    ),
+}
+
+impl Md5Pipe {
+    /// Hash `bytes`; `seen` is the body's length so far, `bytes` included.
+    fn update(&mut self, bytes: Bytes, seen: u64) {
+        match self {
+            Md5Pipe::Inline(h) if seen <= OBJECT_CHUNK_SIZE_BYTES as u64 => h.update(&bytes),
+            Md5Pipe::Inline(h) => {
+                let mut h = std::mem::take(h);
+                let (tx, rx) = std::sync::mpsc::channel::<Bytes>();
+                let handle = tokio::task::spawn_blocking(move || {
+                    for b in rx {
+                        h.update(&b);
+                    }
+                    hex::encode(h.finalize())
+                });
+                // The receiver lives until the sender is dropped: a send cannot fail.
+                let _ = tx.send(bytes);
+                *self = Md5Pipe::Thread(tx, handle);
+            }
+            Md5Pipe::Thread(tx, _) => {
+                let _ = tx.send(bytes);
+            }
+        }
+    }
+
+    async fn finish(self) -> String {
+        match self {
+            Md5Pipe::Inline(h) => hex::encode(h.finalize()),
+            Md5Pipe::Thread(tx, handle) => {
+                drop(tx);
+                handle.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "MD5 thread failed");
+                    String::new()
+                })
+            }
+        }
+    }
+}
+
+/// A spawned chunk write's outcome.
+fn flatten_join(
+    r: std::result::Result<std::result::Result<(), DataError>, tokio::task::JoinError>,
+) -> std::result::Result<(), ObjectError> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(ObjectError::Codec(format!("chunk write task failed: {e}"))),
+    }
+}
+
 /// Errors of the object service.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
@@ -620,8 +679,11 @@ impl ObjectService {
         Ok(info)
     }
 
-    /// Cut the body into chunks and write them with quorum, a few in flight.
-    /// On error, returns the ids already written so the caller can free them.
+    /// Cut the body into chunks and write them with quorum, a few in flight. Chunk writes
+    /// run as their own tasks, so the body keeps arriving while earlier chunks are on their
+    /// way to the disks; past the first chunk, the body's MD5 is computed on a blocking
+    /// thread beside them. On error, returns the ids written so the caller can free them
+    /// (every chunk write has finished by then).
     async fn write_chunks<S, E>(
         &self,
         pkey: &[u8],
@@ -633,21 +695,25 @@ impl ObjectService {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut md5 = Md5::new();
+        let mut md5 = Md5Pipe::Inline(Md5::new());
         let mut chunks: Vec<(ChunkId, u64)> = Vec::new();
         let mut buf = BytesMut::with_capacity(OBJECT_CHUNK_SIZE_BYTES);
         let mut size = 0u64;
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let ids = |c: &Vec<(ChunkId, u64)>| c.iter().map(|x| x.0).collect::<Vec<_>>();
         let mut done = false;
-        while !done {
+        let mut failed: Option<ObjectError> = None;
+        while !done && failed.is_none() {
             match body.next().await {
                 Some(Ok(bytes)) => {
-                    md5.update(&bytes);
                     size += bytes.len() as u64;
                     buf.extend_from_slice(&bytes);
+                    md5.update(bytes, size);
                 }
-                Some(Err(e)) => return Err((ObjectError::Body(e.to_string()), ids(&chunks))),
+                Some(Err(e)) => {
+                    failed = Some(ObjectError::Body(e.to_string()));
+                    break;
+                }
                 None => done = true,
             }
             while buf.len() >= OBJECT_CHUNK_SIZE_BYTES
@@ -659,10 +725,13 @@ impl ObjectService {
                 chunks.push((id, piece.len() as u64));
                 let data = self.data.clone();
                 let pkey = pkey.to_vec();
-                in_flight.push(async move { data.put_chunk(&pkey, id, piece).await });
+                in_flight.push(tokio::spawn(async move {
+                    data.put_chunk(&pkey, id, piece).await
+                }));
                 if in_flight.len() >= CHUNK_WRITES_IN_FLIGHT {
-                    if let Some(Err(e)) = in_flight.next().await {
-                        return Err((e.into(), ids(&chunks)));
+                    if let Some(Err(e)) = in_flight.next().await.map(flatten_join) {
+                        failed = Some(e);
+                        break;
                     }
                 }
                 if done && buf.is_empty() {
@@ -671,11 +740,15 @@ impl ObjectService {
             }
         }
         while let Some(res) = in_flight.next().await {
-            if let Err(e) = res {
-                return Err((e.into(), ids(&chunks)));
+            if let Err(e) = flatten_join(res) {
+                failed.get_or_insert(e);
             }
         }
-        Ok((chunks, size, hex::encode(md5.finalize())))
+        let digest = md5.finish().await;
+        match failed {
+            Some(e) => Err((e, ids(&chunks))),
+            None => Ok((chunks, size, digest)),
+        }
     }
 
     async fn delete_chunks(&self, pkey: &[u8], chunks: Vec<ChunkId>) {
