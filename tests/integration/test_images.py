@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,10 +311,10 @@ def test_sharing_deactivation_and_volumes_from_images(cloud):
     expect(o("GET", f"images/{iid}"), 404)
     expect(cloud.cinder("other")("POST", "volumes", {"volume": {"imageRef": iid, "size": 1}}), 404)
 
-    # Volumes need raw bytes, enough size, and one source.
-    q = create(g, name="q", disk_format="qcow2", container_format="bare")
-    expect(g.upload(q["id"], b"QFI\xfb" + bytes(100)), 204)
-    expect(cloud.cinder()("POST", "volumes", {"volume": {"imageRef": q["id"], "size": 1}}), 400)
+    # Volumes need a format they can be made from, enough size, and one source.
+    p = create(g, name="p", disk_format="ploop", container_format="bare")
+    expect(g.upload(p["id"], b"\x03" * 4096), 204)
+    expect(cloud.cinder()("POST", "volumes", {"volume": {"imageRef": p["id"], "size": 1}}), 400)
     big = create(g, name="big", disk_format="raw", container_format="bare", min_disk=2)
     expect(g.upload(big["id"], b"\x02" * 4096), 204)
     expect(cloud.cinder()("POST", "volumes", {"volume": {"imageRef": big["id"], "size": 1}}), 400)
@@ -322,3 +323,46 @@ def test_sharing_deactivation_and_volumes_from_images(cloud):
     expect(cloud.cinder()("POST", "volumes",
                           {"volume": {"imageRef": big["id"], "source_volid": v.json()["volume"]["id"]}}), 400)  # fmt: skip
     expect(cloud.cinder()("POST", "volumes", {"volume": {"imageRef": str(uuid.uuid4()), "size": 1}}), 404)  # fmt: skip
+
+
+def wait_volume(api: Api, vid: str, *wanted: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = expect(api("GET", f"volumes/{vid}"), 200).json()["volume"]
+        if v["status"] in wanted:
+            return v
+        assert time.monotonic() < deadline, f"volume {vid} stuck in {v['status']}"
+        time.sleep(0.3)
+
+
+@needs_qemu
+def test_volumes_from_qcow2_images_are_converted(cloud, tmp_path):
+    g, c = cloud.glance(), cloud.cinder()
+    # A 96 MiB disk with data at both ends, shipped as qcow2 as cloud images are.
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(96 * MiB)
+        f.write(os.urandom(3 * MiB + 17))
+        f.seek(90 * MiB + 5)
+        f.write(os.urandom(MiB))
+    qcow = tmp_path / "disk.qcow2"
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow))
+    img = create(g, name="cloud", disk_format="qcow2", container_format="bare")
+    expect(g.upload(img["id"], qcow.read_bytes()), 204)
+    v = expect(c("POST", "volumes", {"volume": {"imageRef": img["id"], "size": 1}}), 202)
+    vid = v.json()["volume"]["id"]
+    assert v.json()["volume"]["status"] in ("downloading", "available")
+    done = wait_volume(c, vid, "available", "error")
+    assert done["status"] == "available" and done["bootable"] == "true", done
+    assert done["volume_image_metadata"]["disk_format"] == "qcow2"
+    run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(raw), connect(c, vid))
+
+    # Bytes that are not the qcow2 they claim to be leave the volume in error, and
+    # leave nothing behind.
+    fake = create(g, name="fake", disk_format="qcow2", container_format="bare")
+    expect(g.upload(fake["id"], b"QFI\xfb" + bytes(100)), 204)
+    v = expect(c("POST", "volumes", {"volume": {"imageRef": fake["id"], "size": 1}}), 202)
+    assert wait_volume(c, v.json()["volume"]["id"], "available", "error")["status"] == "error"
+    expect(c("DELETE", f"volumes/{v.json()['volume']['id']}"), 202)
+    scratch = cloud.node.data_dir / "scratch"
+    assert not scratch.exists() or not any(scratch.iterdir())

@@ -262,6 +262,16 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
     ))
 }
 
+/// Move a volume from status `from` to `to`, if it is still in `from`.
+pub(crate) async fn update_volume_status(gw: &CinderGateway, id: &str, from: &str, to: &str) {
+    update_record::<VolumeRecord>(gw, VOLUMES, id, |v| {
+        if v.status == from {
+            v.status = to.into();
+        }
+    })
+    .await;
+}
+
 async fn drop_snapshot(gw: &CinderGateway, name: &str) {
     if let Err(e) = block::delete_snapshot_with(gw.meta.as_ref(), name, vec![]).await {
         tracing::warn!(snapshot = name, error = %e, "cannot drop a backup's block snapshot");

@@ -41,6 +41,8 @@ pub struct CinderGateway {
     pub volumes: strata_volume::Registry,
     pub data: Arc<DataPlane>,
     pub objects: Arc<ObjectService>,
+    /// Image bytes, for volumes created from images that need converting.
+    pub images: strata_image::data::ImageData,
     pub auth: Arc<dyn TokenValidator>,
     /// `http://H:8776`, for links and version documents.
     pub public_url: String,

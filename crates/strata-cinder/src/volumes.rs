@@ -217,6 +217,7 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
 
     let id = model::new_id();
     let mut image_metadata = BTreeMap::new();
+    let mut convert = None;
     let (source_size, mut checks, engine, bootable) = if let Some(sid) = &snapshot_id {
         let (snap, raw) = crate::snapshots::load(req, sid).await?;
         if snap.status != "available" {
@@ -252,7 +253,13 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
     } else if let Some(iid) = &image_ref {
         let (img, check, snap) = image_source(req, iid).await?;
         image_metadata = image_metadata_of(&img);
-        (img_size_gib(&img), vec![check], snap, true)
+        if needs_conversion(&img) {
+            // Written after the record exists, by the conversion below.
+            convert = Some((img.clone(), snap));
+            (img_size_gib(&img), vec![check], None, true)
+        } else {
+            (img_size_gib(&img), vec![check], snap, true)
+        }
     } else {
         (0, vec![], None, false)
     };
@@ -284,6 +291,9 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
     record.snapshot_id = snapshot_id;
     record.source_volid = source_volid.clone();
     record.image_metadata = image_metadata;
+    if convert.is_some() {
+        record.status = "downloading".into();
+    }
     let created = insert(req, spec, checks, &record).await;
     if let Some(snap) = engine.filter(|_| source_volid.is_some()) {
         if let Err(e) = block::delete_snapshot_with(req.gw.meta.as_ref(), &snap.name, vec![]).await
@@ -292,6 +302,16 @@ pub(crate) async fn create(req: &Req) -> Result<Response> {
         }
     }
     created?;
+    match convert {
+        Some((img, Some(snap))) => spawn_conversion(req, &record.id, img, snap),
+        Some((_, None)) => {
+            // An image of zero bytes converts to nothing: the empty volume is the answer.
+            crate::backups::update_volume_status(&req.gw, &record.id, "downloading", "available")
+                .await;
+            record.status = "available".into();
+        }
+        None => {}
+    }
     Ok(reply(
         StatusCode::ACCEPTED,
         json!({"volume": view(req, &record).await?}),
@@ -390,9 +410,9 @@ async fn image_source(
         )));
     }
     let format = img.disk_format.as_deref().unwrap_or("raw");
-    if !matches!(format, "raw" | "iso") {
+    if !matches!(format, "raw" | "iso") && !needs_conversion(&img) {
         return Err(bad_request(format!(
-            "Image {iid} is {format}: only raw (or iso) images can back a volume, without conversion."
+            "Image {iid} is {format}: volumes are made from raw, iso, qcow2, vmdk, vdi, vhd and vhdx images."
         )));
     }
     let snap = match &img.data {
@@ -406,6 +426,52 @@ async fn image_source(
     };
     let check = unchanged(strata_image::IMAGES, iid, raw);
     Ok((img, check, snap))
+}
+
+/// Whether a volume made from `img` needs its bytes converted to raw (qemu-img).
+fn needs_conversion(img: &strata_image::ImageRecord) -> bool {
+    img.disk_format
+        .as_deref()
+        .and_then(strata_image::convert::qemu_format)
+        .is_some()
+}
+
+/// Convert an image into a new volume in the background: `downloading` until it is done,
+/// then `available`, or `error` (with the reason in the log).
+fn spawn_conversion(
+    req: &Req,
+    volume_id: &str,
+    img: strata_image::ImageRecord,
+    snap: block::SnapshotSpec,
+) {
+    let gw = req.gw.clone();
+    let vid = volume_id.to_string();
+    tokio::spawn(async move {
+        let result = async {
+            let spec = block::get(gw.meta.as_ref(), &vid)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("volume {vid} has no block record"))?;
+            let vol =
+                strata_volume::Volume::new(spec, gw.data.clone(), gw.volumes.insync().clone());
+            gw.images
+                .convert_into(&img, &snap, &vol)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let status = match &result {
+            Ok(virtual_size) => {
+                tracing::info!(volume = %vid, image = %img.id, virtual_size, "image converted into volume");
+                "available"
+            }
+            Err(e) => {
+                tracing::error!(volume = %vid, image = %img.id, error = %e, "image conversion failed");
+                "error"
+            }
+        };
+        crate::backups::update_volume_status(&gw, &vid, "downloading", status).await;
+    });
 }
 
 fn image_fault(e: strata_image::ImageError) -> crate::Fault {

@@ -28,6 +28,8 @@ pub struct ImageData {
     pub meta: Arc<dyn MetaStore>,
     pub data: Arc<DataPlane>,
     pub insync: InSync,
+    /// Where conversions keep their scratch files.
+    pub scratch: std::path::PathBuf,
 }
 
 fn round_up(n: u64, to: u64) -> u64 {
@@ -309,7 +311,7 @@ impl ImageData {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::{BTreeMap, HashMap};
     use strata_data::{DataConfig, Topology};
@@ -317,7 +319,7 @@ mod tests {
     use strata_meta::MemMeta;
     use strata_placement::{Device, Ring, RingSpec};
 
-    fn store(dir: &std::path::Path) -> ImageData {
+    pub(crate) fn store(dir: &std::path::Path) -> ImageData {
         let disk = Disk::open(DiskConfig {
             dir: dir.join("disk0"),
             device: None,
@@ -355,7 +357,22 @@ mod tests {
             insync: InSync::new(meta.clone()),
             meta,
             data,
+            scratch: dir.join("scratch"),
         }
+    }
+
+    pub(crate) async fn queued_as(store: &ImageData, id: &str, disk_format: &str) {
+        queued(store, id).await;
+        let (mut rec, _) = get(store.meta.as_ref(), id).await.unwrap().unwrap();
+        rec.disk_format = Some(disk_format.into());
+        store
+            .meta
+            .write(strata_meta::Txn {
+                checks: vec![],
+                ops: vec![put(&rec)],
+            })
+            .await
+            .unwrap();
     }
 
     async fn queued(store: &ImageData, id: &str) {
@@ -392,7 +409,7 @@ mod tests {
             .unwrap();
     }
 
-    fn body(parts: Vec<Vec<u8>>) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
+    pub(crate) fn body(parts: Vec<Vec<u8>>) -> impl Stream<Item = Result<Bytes, String>> + Unpin {
         futures::stream::iter(parts.into_iter().map(|p| Ok(Bytes::from(p))))
     }
 

@@ -7,6 +7,7 @@
 //! writes and reads the bytes). Owns who may see an image ([`Caller::may_read`]); knows
 //! nothing of HTTP.
 
+pub mod convert;
 pub mod data;
 
 use serde::{Deserialize, Serialize};

@@ -180,13 +180,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         identity: identity.clone(),
     }));
     let keystone = identity.router();
+    // Scratch files of image conversions; whatever a crash left there is stale.
+    let scratch = cfg.data_dir.join("scratch");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let images = strata_image::data::ImageData {
+        meta: store.clone(),
+        data: data.clone(),
+        insync: volumes.insync().clone(),
+        scratch,
+    };
     let glance = strata_glance::router(Arc::new(strata_glance::GlanceGateway {
         meta: store.clone(),
-        images: strata_image::data::ImageData {
-            meta: store.clone(),
-            data: data.clone(),
-            insync: volumes.insync().clone(),
-        },
+        images: images.clone(),
         auth: identity.clone(),
         public_url: image_url.clone(),
     }));
@@ -195,6 +200,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         volumes,
         data: data.clone(),
         objects,
+        images,
         auth: identity.clone(),
         public_url: cinder_url.clone(),
         nbd_host: host.clone(),
