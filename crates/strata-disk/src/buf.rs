@@ -12,9 +12,9 @@ pub fn blocks_for(len: usize) -> usize {
     len.div_ceil(BLOCK)
 }
 
-/// Freed buffers kept for reads to reuse: `(capacity, address)`. A fresh buffer costs a
-/// zeroing pass and, for large ones, page faults on first touch; a read overwrites all of
-/// it anyway. Every read is checked against stored checksums, so stale bytes in a reused
+/// Freed buffers kept for reads and writes to reuse: `(capacity, address)`. A fresh buffer
+/// costs a zeroing pass and, for large ones, page faults on first touch; a read, or a write
+/// copying its data in, overwrites all of it anyway. Every read is checked against stored checksums, so stale bytes in a reused
 /// buffer could not pass for data.
 static POOL: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
 /// Buffers kept, at most.
@@ -76,10 +76,13 @@ impl AlignedBuf {
         }
     }
 
-    /// A buffer holding `data`, its tail block padded with zeroes.
+    /// A buffer holding `data`, its tail block padded with zeroes. Every byte is written
+    /// here, so a pooled buffer serves (no zeroing pass, no fresh pages to fault in).
     pub fn from_slice(data: &[u8]) -> Self {
-        let mut buf = Self::zeroed(blocks_for(data.len()));
-        buf.as_mut_slice()[..data.len()].copy_from_slice(data);
+        let mut buf = Self::for_overwrite(blocks_for(data.len()));
+        let s = buf.as_mut_slice();
+        s[..data.len()].copy_from_slice(data);
+        s[data.len()..].fill(0);
         buf
     }
 
@@ -187,5 +190,14 @@ mod tests {
         assert!(AlignedBuf::zeroed(3).as_slice().iter().all(|&x| x == 0));
         // Buffers too large for the pool are freed, not kept.
         drop(AlignedBuf::for_overwrite(POOL_MAX_BYTES / BLOCK + 1));
+        // A write's buffer may come from the pool, dirty: its padding is zeroed all the same.
+        for _ in 0..4 {
+            let mut b = AlignedBuf::for_overwrite(2);
+            b.as_mut_slice().fill(0xee);
+            drop(b);
+            let w = AlignedBuf::from_slice(&[7u8; 5000]);
+            assert!(w.as_slice()[..5000].iter().all(|&x| x == 7));
+            assert!(w.as_slice()[5000..].iter().all(|&x| x == 0));
+        }
     }
 }

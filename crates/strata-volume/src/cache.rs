@@ -44,6 +44,10 @@ struct Entry {
     covers: u64,
     /// Exactly one block.
     data: Bytes,
+    /// A batch in flight is writing this block (`State::inflight` holds it): the next
+    /// batch leaves it alone. Read by the scan of every `take`, where a set lookup per
+    /// entry cost a tenth of the server's CPU on sequential writes.
+    inflight: bool,
 }
 
 struct State {
@@ -98,12 +102,16 @@ impl State {
                 e.data = data;
             }
             None => {
+                // A block dropped from the cache while a batch was writing it is still in
+                // flight.
+                let inflight = self.inflight.contains(&block);
                 self.entries.insert(
                     block,
                     Entry {
                         seq,
                         covers: seq,
                         data,
+                        inflight,
                     },
                 );
                 self.count_covers(seq, true);
@@ -294,10 +302,13 @@ impl Cache {
         }
         let blocks: Vec<(u64, u64, Bytes)> = s
             .entries
-            .iter()
-            .filter(|(b, _)| !s.inflight.contains(b))
+            .iter_mut()
+            .filter(|(_, e)| !e.inflight)
             .take(BATCH_BLOCKS_MAX)
-            .map(|(b, e)| (*b, e.seq, e.data.clone()))
+            .map(|(b, e)| {
+                e.inflight = true;
+                (*b, e.seq, e.data.clone())
+            })
             .collect();
         if blocks.is_empty() {
             return Take::Busy;
@@ -315,6 +326,9 @@ impl Cache {
         let mut s = self.lock();
         for (block, seq, _) in blocks {
             s.inflight.remove(block);
+            if let Some(e) = s.entries.get_mut(block) {
+                e.inflight = false;
+            }
             if error.is_some() {
                 continue;
             }
@@ -383,6 +397,24 @@ mod tests {
             Take::Batch(b) => b,
             _ => panic!("expected a batch"),
         }
+    }
+
+    #[test]
+    fn a_block_dropped_and_written_again_waits_for_the_batch_still_writing_it() {
+        let c = Cache::new(1);
+        c.insert(5, &blocks(1, 1));
+        assert!(c.claim_writeback());
+        let b1 = batch(&c);
+        c.remove_range(5, 1);
+        c.insert(5, &blocks(1, 2));
+        assert!(
+            matches!(c.take(false), Take::Busy),
+            "one version in flight at a time"
+        );
+        c.finish(&b1.blocks, None);
+        let b2 = batch(&c);
+        assert_eq!(b2.blocks.len(), 1);
+        assert_eq!(b2.blocks[0].2[0], 2);
     }
 
     #[test]
