@@ -223,9 +223,34 @@ impl DataPlane {
         blocks: &[u64],
         data: Bytes,
     ) -> Result<()> {
+        self.replica_write_block_parts(r, volume, blocks, std::slice::from_ref(&data))
+            .await
+    }
+
+    /// [`DataPlane::replica_write_blocks`] with the data in consecutive parts (each a whole
+    /// number of blocks): a local disk copies them once into its write buffer; a remote one
+    /// gets them joined into one message.
+    pub async fn replica_write_block_parts(
+        &self,
+        r: Replica,
+        volume: u64,
+        blocks: &[u64],
+        parts: &[Bytes],
+    ) -> Result<()> {
         if r.node == self.cfg.node_id {
-            self.local_write_blocks(r.disk, volume, blocks, data).await
+            self.local_write_blocks(r.disk, volume, blocks, parts).await
         } else {
+            let data = match parts {
+                [one] => one.clone(),
+                _ => {
+                    let mut joined =
+                        bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+                    for p in parts {
+                        joined.extend_from_slice(p);
+                    }
+                    joined.freeze()
+                }
+            };
             self.peers
                 .write_blocks(r.node, r.disk, volume, blocks, data)
                 .await
@@ -276,10 +301,10 @@ impl DataPlane {
         disk: DiskId,
         layer: u64,
         blocks: &[u64],
-        data: Bytes,
+        parts: &[Bytes],
     ) -> Result<()> {
         let d = self.local_disk(disk)?;
-        Ok(self.resync.write(d, disk, layer, blocks, data).await?)
+        Ok(self.resync.write(d, disk, layer, blocks, parts).await?)
     }
 
     /// An ordinary block trim on a disk of this node (seen by a resync of its layer).

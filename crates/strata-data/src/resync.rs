@@ -44,21 +44,21 @@ impl Tracker {
         }
     }
 
-    /// An ordinary write of whole blocks (`blocks[i]` gets the `i`th 4 KiB of `data`) to a
-    /// local disk.
+    /// An ordinary write of whole blocks (`blocks[i]` gets the `i`th 4 KiB of the parts laid
+    /// end to end) to a local disk.
     pub(crate) async fn write(
         &self,
         disk: &Disk,
         id: DiskId,
         layer: u64,
         blocks: &[u64],
-        data: Bytes,
+        parts: &[Bytes],
     ) -> Result<(), DiskError> {
         match self.get(id, layer) {
-            None => disk.write_block_list(layer, blocks, data).await,
+            None => disk.write_block_parts(layer, blocks, parts).await,
             Some(dirty) => {
                 let mut g = dirty.lock().await;
-                disk.write_block_list(layer, blocks, data).await?;
+                disk.write_block_parts(layer, blocks, parts).await?;
                 g.extend(blocks.iter().copied());
                 Ok(())
             }

@@ -176,7 +176,12 @@ impl Storage for StorageService {
         }
         self.disk(req.disk_id)?;
         self.data
-            .local_write_blocks(req.disk_id, req.volume, &req.blocks, Bytes::from(req.data))
+            .local_write_blocks(
+                req.disk_id,
+                req.volume,
+                &req.blocks,
+                &[Bytes::from(req.data)],
+            )
             .await
             .map_err(data_status)?;
         Ok(Response::new(pb::WriteBlocksResponse {}))

@@ -77,13 +77,26 @@ impl Disk {
     /// one extent of the data area, written with one I/O, so scattered small writes cost what
     /// one sequential write does. `Ok` means durable.
     pub async fn write_block_list(&self, volume: u64, blocks: &[u64], data: Bytes) -> Result<()> {
-        if data.is_empty() || !data.len().is_multiple_of(BLOCK) {
+        self.write_block_parts(volume, blocks, std::slice::from_ref(&data))
+            .await
+    }
+
+    /// [`Disk::write_block_list`] with the data in consecutive parts (each a whole number of
+    /// blocks), copied once, straight into the aligned buffer the disk write uses.
+    pub async fn write_block_parts(
+        &self,
+        volume: u64,
+        blocks: &[u64],
+        parts: &[Bytes],
+    ) -> Result<()> {
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        if len == 0 || parts.iter().any(|p| !p.len().is_multiple_of(BLOCK)) {
             return Err(DiskError::BadBlockRange(format!(
-                "{} bytes is not a whole number of 4 KiB blocks",
-                data.len()
+                "{len} bytes in {} parts is not a whole number of 4 KiB blocks per part",
+                parts.len()
             )));
         }
-        let count = (data.len() / BLOCK) as u64;
+        let count = (len / BLOCK) as u64;
         if blocks.len() as u64 != count {
             return Err(DiskError::BadBlockRange(format!(
                 "{} block numbers for {count} blocks of data",
@@ -97,11 +110,19 @@ impl Disk {
             ));
         }
         let ext = self.lock_alloc().alloc(count).ok_or(DiskError::Full {
-            needed_bytes: data.len() as u64,
+            needed_bytes: len as u64,
         })?;
-        let crcs: Vec<u32> = data.chunks(BLOCK).map(crc32c::crc32c).collect();
-        let buf = AlignedBuf::from_slice(&data);
-        drop(data);
+        let crcs: Vec<u32> = parts
+            .iter()
+            .flat_map(|p| p.chunks(BLOCK))
+            .map(crc32c::crc32c)
+            .collect();
+        let mut buf = AlignedBuf::for_overwrite(count as usize);
+        let mut at = 0;
+        for p in parts {
+            buf.as_mut_slice()[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
         if let Err(e) = self.io.write(ext.start * BLOCK as u64, buf).await {
             // The write finished (with an error); nothing refers to these blocks.
             self.lock_alloc().free(ext);

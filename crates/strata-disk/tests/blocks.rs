@@ -214,6 +214,31 @@ fn scattered_blocks_land_in_one_extent_and_survive_reopen() {
                 let r = d.write_block_list(2, bad, Bytes::from(pattern(1, 2))).await;
                 assert!(matches!(r, Err(DiskError::BadBlockRange(_))), "{bad:?}");
             }
+            // The same data in parts lands the same; parts must be whole blocks.
+            let parts = [
+                Bytes::from(data[..BLOCK_BYTES].to_vec()),
+                Bytes::from(data[BLOCK_BYTES..3 * BLOCK_BYTES].to_vec()),
+                Bytes::from(data[3 * BLOCK_BYTES..].to_vec()),
+            ];
+            let moved = [13u64, 17, 18, 1010];
+            d.write_block_parts(2, &moved, &parts)
+                .await
+                .expect("write in parts");
+            let read = d.read_blocks(2, 0, 1011).await.expect("read");
+            for (i, &b) in moved.iter().enumerate() {
+                let want = &data[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+                assert_eq!(&read.data[b as usize * BLOCK_BYTES..][..BLOCK_BYTES], want);
+            }
+            d.trim_blocks(2, 13, 6).await.expect("trim them again");
+            d.trim_blocks(2, 1010, 1).await.expect("trim them again");
+            let torn = [
+                Bytes::from(vec![1u8; 100]),
+                Bytes::from(vec![1u8; 2 * BLOCK_BYTES - 100]),
+            ];
+            let r = d.write_block_parts(2, &[40, 41], &torn).await;
+            assert!(matches!(r, Err(DiskError::BadBlockRange(_))));
+            let r = d.write_block_parts(2, &[40], &[]).await;
+            assert!(matches!(r, Err(DiskError::BadBlockRange(_))));
         });
         rt().block_on(async {
             let d = open(dir, syscall);

@@ -227,7 +227,7 @@ impl Volume {
                     let zeroes = Bytes::from(vec![0u8; (p.blocks * BLOCK) as usize]);
                     let blocks: Vec<u64> = (p.first_block..p.first_block + p.blocks).collect();
                     self.io
-                        .write_blocks(spec.id, p.extent, &blocks, zeroes)
+                        .write_blocks(spec.id, p.extent, &blocks, &[zeroes])
                         .await?;
                 }
             }
@@ -308,13 +308,11 @@ impl Io {
             .map(|(extent, r)| {
                 let part = &batch.blocks[r];
                 let blocks: Vec<u64> = part.iter().map(|(b, _, _)| *b).collect();
-                let mut data = BytesMut::with_capacity(part.len() * BLOCK as usize);
-                for (_, _, d) in part {
-                    data.extend_from_slice(d);
-                }
-                let (layer, data) = (batch.layer, data.freeze());
+                // The cached blocks as they are: the disk copies them once into its buffer.
+                let data: Vec<Bytes> = part.iter().map(|(_, _, d)| d.clone()).collect();
+                let layer = batch.layer;
                 async move {
-                    let res = self.write_blocks(layer, extent, &blocks, data).await;
+                    let res = self.write_blocks(layer, extent, &blocks, &data).await;
                     let error = res.err().map(|e| e.to_string());
                     if let Some(e) = &error {
                         tracing::warn!(layer, extent, error = %e,
@@ -338,13 +336,14 @@ impl Io {
         layer: u64,
         extent: u64,
         blocks: &[u64],
-        data: Bytes,
+        data: &[Bytes],
     ) -> NbdResult<()> {
         let replicas = self.replicas(layer, extent)?;
-        let results = join_all(replicas.iter().map(|r| {
-            self.data
-                .replica_write_blocks(*r, layer, blocks, data.clone())
-        }))
+        let results = join_all(
+            replicas
+                .iter()
+                .map(|r| self.data.replica_write_block_parts(*r, layer, blocks, data)),
+        )
         .await;
         self.settle(layer, extent, &replicas, results).await
     }
