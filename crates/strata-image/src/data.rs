@@ -17,8 +17,11 @@ use strata_volume::{InSync, SnapshotSpec, Volume, EXTENT_BYTES};
 use crate::{data_name, encode, get, now, ImageError, ImageRecord, IMAGES, SIZE_CAP};
 
 const BLOCK: u64 = strata_disk::BLOCK_BYTES as u64;
-/// The hidden volume's first size when the client names none; it grows as the body does.
+/// The hidden volume's first size when the client names none, and the most it starts at
+/// whatever the client says; it grows as the body does. (A failed upload's layer is freed
+/// across the volume's size, so a size no data backs costs the collector work.)
 const FIRST_SIZE: u64 = 1 << 30;
+const FIRST_SIZE_MAX: u64 = 4 << 30;
 /// 4 MiB reads a download keeps in flight ahead of the client.
 const READ_AHEAD: usize = 4;
 
@@ -156,7 +159,8 @@ impl ImageData {
             Ok(()) | Err(strata_volume::VolumeError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        let first = round_up(size_hint.unwrap_or(FIRST_SIZE).max(1), EXTENT_BYTES).min(SIZE_CAP);
+        let first =
+            round_up(size_hint.unwrap_or(FIRST_SIZE).max(1), EXTENT_BYTES).min(FIRST_SIZE_MAX);
         let spec = block::create_with(
             meta,
             block::new_volume(&hidden, first, false),
@@ -267,6 +271,13 @@ impl ImageData {
     ) -> Result<(), ImageError> {
         if piece.iter().all(|&b| b == 0) {
             return Ok(());
+        }
+        // An image deleted during its upload took the hidden volume with it, and its layer
+        // is on its way to the collector: writing on would leave blocks nothing frees.
+        if block::get_local(self.meta.as_ref(), hidden)?.is_none() {
+            return Err(ImageError::Conflict(format!(
+                "volume {hidden} is gone: the image was deleted during its upload"
+            )));
         }
         let end = offset + piece.len() as u64;
         if end > vol.size_bytes() {
@@ -504,6 +515,35 @@ pub(crate) mod tests {
         assert_eq!(
             rec.checksum.as_deref(),
             Some("d41d8cd98f00b204e9800998ecf8427e")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_image_deleted_during_its_upload_stops_the_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        queued(&store, "d").await;
+        let meta = store.meta.clone();
+        // The body deletes the image (record and hidden volume, as `crate::delete` does)
+        // after its first 4 MiB.
+        let body = futures::stream::unfold(0u32, move |n| {
+            let meta = meta.clone();
+            async move {
+                if n == 1 {
+                    let (rec, raw) = get(meta.as_ref(), "d").await.unwrap().unwrap();
+                    crate::delete(meta.as_ref(), &rec, raw).await.unwrap();
+                }
+                (n < 4).then(|| (Ok::<_, String>(Bytes::from(vec![9u8; 4 << 20])), n + 1))
+            }
+        });
+        let err = store.upload("d", Box::pin(body), None).await.unwrap_err();
+        assert!(matches!(err, ImageError::Conflict(_)), "{err}");
+        assert!(get(store.meta.as_ref(), "d").await.unwrap().is_none());
+        assert_eq!(
+            block::get(store.meta.as_ref(), &data_name("d"))
+                .await
+                .unwrap(),
+            None
         );
     }
 }
