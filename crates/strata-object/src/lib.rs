@@ -45,8 +45,10 @@ pub fn unix_now() -> u64 {
 /// (a large object lists its manifest's MD5 with the large object's etag as a parameter).
 pub const LISTING_ETAG_OVERRIDE: &str = "x-object-sysmeta-container-update-override-etag";
 
-/// Chunk writes of one object kept in flight at once.
-const CHUNK_WRITES_IN_FLIGHT: usize = 4;
+/// Chunk writes of one object kept in flight at once (1 MiB each, so a large PUT holds at
+/// most this many MiB). Each chunk write waits for a group commit's fdatasync; 16 in flight
+/// took one 64 MiB PUT stream from 172 to 235 MiB/s against 4.
+const CHUNK_WRITES_IN_FLIGHT: usize = 16;
 
 /// The MD5 of a body as it arrives: inline for the first chunk's worth (small objects pay
 /// no thread hop), then on a blocking thread fed through a channel, beside the chunk writes.
