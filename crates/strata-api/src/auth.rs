@@ -33,6 +33,12 @@ impl AuthContext {
         self.has_role("admin")
     }
 
+    /// Whether the caller may change things: an admin or member, or anyone who is not
+    /// only a `reader`.
+    pub fn may_write(&self) -> bool {
+        self.is_admin() || self.has_role("member") || !self.has_role("reader")
+    }
+
     /// Whether the token is scoped to a project.
     pub fn is_scoped(&self) -> bool {
         !self.project_id.is_empty()
@@ -71,6 +77,12 @@ mod tests {
         assert!(!ctx.has_role("reader"));
         assert!(!AuthContext::default().is_admin());
         assert!(!ctx.is_scoped());
+        assert!(ctx.may_write());
+        let reader = AuthContext {
+            roles: vec!["reader".into()],
+            ..Default::default()
+        };
+        assert!(!reader.may_write());
     }
 
     #[test]

@@ -153,7 +153,7 @@ impl Req {
 
     /// Changing calls need a role that may write (not only `reader`).
     pub fn require_writer(&self) -> Result<()> {
-        if self.is_admin() || self.ctx.has_role("member") || !self.ctx.has_role("reader") {
+        if self.ctx.may_write() {
             return Ok(());
         }
         Err(forbidden(

@@ -396,11 +396,10 @@ async fn image_source(
         project: req.project.clone(),
         admin: req.is_admin(),
     };
-    let member = strata_image::member(meta, iid, &req.project)
+    if !strata_image::readable(meta, &caller, &img)
         .await
         .map_err(image_fault)?
-        .map(|m| m.0);
-    if !caller.may_read(&img, member.as_ref()) {
+    {
         return Err(missing());
     }
     if img.status != "active" {

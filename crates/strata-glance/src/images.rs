@@ -7,7 +7,6 @@ use futures::StreamExt;
 use http::{HeaderValue, StatusCode};
 use serde_json::{json, Map, Value};
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use strata_image::{
     self as image, ImageRecord, CONTAINER_FORMATS, DISK_FORMATS, IMAGES, VISIBILITIES,
 };
@@ -108,16 +107,10 @@ pub(crate) async fn visible(req: &Req, id: &str) -> Result<(ImageRecord, Vec<u8>
         .await
         .map_err(image_fault)?
         .ok_or_else(|| no_image(id))?;
-    let caller = req.caller();
-    let member = if rec.visibility == "shared" && !caller.may_change(&rec) {
-        image::member(meta, id, &caller.project)
-            .await
-            .map_err(image_fault)?
-            .map(|m| m.0)
-    } else {
-        None
-    };
-    if !caller.may_read(&rec, member.as_ref()) {
+    if !image::readable(meta, &req.caller(), &rec)
+        .await
+        .map_err(image_fault)?
+    {
         return Err(no_image(id));
     }
     Ok((rec, raw))
@@ -323,30 +316,7 @@ pub(crate) async fn create(req: &Req, body: Body) -> Result<Response> {
             .map_err(|_| bad_request(format!("Invalid image id {s:?}: not a UUID")))?,
         Some(_) => return Err(bad_request("Invalid image id: not a UUID")),
     };
-    let now = image::now();
-    let mut rec = ImageRecord {
-        id: id.clone(),
-        name: None,
-        owner: req.ctx.project_id.clone(),
-        status: "queued".into(),
-        visibility: "shared".into(),
-        protected: false,
-        os_hidden: false,
-        tags: vec![],
-        disk_format: None,
-        container_format: None,
-        min_disk: 0,
-        min_ram: 0,
-        size: None,
-        virtual_size: None,
-        checksum: None,
-        os_hash_algo: None,
-        os_hash_value: None,
-        created_at: now.clone(),
-        updated_at: now,
-        properties: BTreeMap::new(),
-        data: None,
-    };
+    let mut rec = ImageRecord::queued(&id, &req.ctx.project_id);
     for (k, v) in &body {
         if k == "id" {
             continue;

@@ -14,7 +14,7 @@ use strata_nbd::BlockTarget;
 use strata_volume::records as block;
 use strata_volume::{InSync, SnapshotSpec, Volume, EXTENT_BYTES};
 
-use crate::{data_name, encode, get, now, ImageError, ImageRecord, IMAGES, SIZE_CAP};
+use crate::{data_name, drop_hidden, encode, get, now, ImageError, ImageRecord, IMAGES, SIZE_CAP};
 
 const BLOCK: u64 = strata_disk::BLOCK_BYTES as u64;
 /// The hidden volume's first size when the client names none, and the most it starts at
@@ -117,12 +117,8 @@ impl ImageData {
             }
             Err(e) => {
                 tracing::warn!(image = id, error = %e, "image upload failed; data dropped");
-                let hidden = data_name(id);
-                match block::delete_with(meta, &hidden, vec![], vec![]).await {
-                    Ok(()) | Err(strata_volume::VolumeError::NotFound(_)) => {}
-                    Err(e) => {
-                        tracing::error!(image = id, error = %e, "cannot drop a failed upload's volume")
-                    }
+                if let Err(e) = drop_hidden(meta, id).await {
+                    tracing::error!(image = id, error = %e, "cannot drop a failed upload's volume")
                 }
                 let mut queued = saving.clone();
                 queued.status = "queued".into();
@@ -155,10 +151,7 @@ impl ImageData {
         let meta = self.meta.as_ref();
         let hidden = data_name(&saving.id);
         // A crash during an earlier upload may have left the hidden volume behind.
-        match block::delete_with(meta, &hidden, vec![], vec![]).await {
-            Ok(()) | Err(strata_volume::VolumeError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        drop_hidden(meta, &saving.id).await?;
         let first =
             round_up(size_hint.unwrap_or(FIRST_SIZE).max(1), EXTENT_BYTES).min(FIRST_SIZE_MAX);
         let spec = block::create_with(
@@ -387,29 +380,11 @@ pub(crate) mod tests {
     }
 
     async fn queued(store: &ImageData, id: &str) {
-        let rec = ImageRecord {
-            id: id.into(),
-            name: Some(id.into()),
-            owner: "p".into(),
-            status: "queued".into(),
-            visibility: "private".into(),
-            protected: false,
-            os_hidden: false,
-            tags: vec![],
-            disk_format: Some("raw".into()),
-            container_format: Some("bare".into()),
-            min_disk: 0,
-            min_ram: 0,
-            size: None,
-            virtual_size: None,
-            checksum: None,
-            os_hash_algo: None,
-            os_hash_value: None,
-            created_at: now(),
-            updated_at: now(),
-            properties: BTreeMap::new(),
-            data: None,
-        };
+        let mut rec = ImageRecord::queued(id, "p");
+        rec.name = Some(id.into());
+        rec.visibility = "private".into();
+        rec.disk_format = Some("raw".into());
+        rec.container_format = Some("bare".into());
         store
             .meta
             .write(strata_meta::Txn {

@@ -176,6 +176,58 @@ impl Caller {
     }
 }
 
+impl ImageRecord {
+    /// A new image of `owner`, `queued` (no data yet), with Glance's defaults.
+    pub fn queued(id: &str, owner: &str) -> Self {
+        let now = now();
+        ImageRecord {
+            id: id.into(),
+            name: None,
+            owner: owner.into(),
+            status: "queued".into(),
+            visibility: "shared".into(),
+            protected: false,
+            os_hidden: false,
+            tags: vec![],
+            disk_format: None,
+            container_format: None,
+            min_disk: 0,
+            min_ram: 0,
+            size: None,
+            virtual_size: None,
+            checksum: None,
+            os_hash_algo: None,
+            os_hash_value: None,
+            created_at: now.clone(),
+            updated_at: now,
+            properties: BTreeMap::new(),
+            data: None,
+        }
+    }
+}
+
+/// Whether `caller` may see `image`, reading its membership row only when that decides it.
+pub async fn readable(
+    meta: &dyn MetaStore,
+    caller: &Caller,
+    image: &ImageRecord,
+) -> Result<bool, ImageError> {
+    let member = if image.visibility == "shared" && !caller.may_change(image) {
+        member(meta, &image.id, &caller.project).await?.map(|m| m.0)
+    } else {
+        None
+    };
+    Ok(caller.may_read(image, member.as_ref()))
+}
+
+/// Delete an upload's hidden volume if it is there (its layer goes to the collector).
+pub(crate) async fn drop_hidden(meta: &dyn MetaStore, image_id: &str) -> Result<(), ImageError> {
+    match strata_volume::records::delete_with(meta, &data_name(image_id), vec![], vec![]).await {
+        Ok(()) | Err(strata_volume::VolumeError::NotFound(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// One image record, linearizable, with its stored bytes.
 pub async fn get(
     meta: &dyn MetaStore,
@@ -262,14 +314,9 @@ pub async fn delete(
         key: image.id.clone(),
         value: raw,
     };
-    // An upload cut short by a crash may have left its hidden volume: it goes too.
-    let hidden = data_name(&image.id);
-    if strata_volume::records::get(meta, &hidden).await?.is_some() {
-        match strata_volume::records::delete_with(meta, &hidden, vec![], vec![]).await {
-            Ok(()) | Err(strata_volume::VolumeError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    // An upload cut short by a crash (or still running) may have left its hidden volume:
+    // it goes too.
+    drop_hidden(meta, &image.id).await?;
     match &image.data {
         Some(snap) => strata_volume::records::delete_snapshot_checked(meta, snap, vec![check], ops)
             .await
@@ -304,29 +351,10 @@ mod tests {
     use super::*;
 
     fn image(owner: &str, visibility: &str) -> ImageRecord {
-        ImageRecord {
-            id: "i".into(),
-            name: None,
-            owner: owner.into(),
-            status: "active".into(),
-            visibility: visibility.into(),
-            protected: false,
-            os_hidden: false,
-            tags: vec![],
-            disk_format: None,
-            container_format: None,
-            min_disk: 0,
-            min_ram: 0,
-            size: None,
-            virtual_size: None,
-            checksum: None,
-            os_hash_algo: None,
-            os_hash_value: None,
-            created_at: now(),
-            updated_at: now(),
-            properties: BTreeMap::new(),
-            data: None,
-        }
+        let mut r = ImageRecord::queued("i", owner);
+        r.status = "active".into();
+        r.visibility = visibility.into();
+        r
     }
 
     #[test]
