@@ -238,7 +238,8 @@ impl DataPlane {
         parts: &[Bytes],
     ) -> Result<()> {
         if r.node == self.cfg.node_id {
-            self.local_write_blocks(r.disk, volume, blocks, parts).await
+            self.local_write_blocks(r.disk, volume, blocks, parts, true)
+                .await
         } else {
             let data = match parts {
                 [one] => one.clone(),
@@ -302,9 +303,31 @@ impl DataPlane {
         layer: u64,
         blocks: &[u64],
         parts: &[Bytes],
+        synced: bool,
     ) -> Result<()> {
         let d = self.local_disk(disk)?;
-        Ok(self.resync.write(d, disk, layer, blocks, parts).await?)
+        Ok(self
+            .resync
+            .write(d, disk, layer, blocks, parts, synced)
+            .await?)
+    }
+
+    /// A block write to a disk of this node answered before it is durable (it survives this
+    /// process crashing, not the machine): [`DataPlane::local_sync`] makes it durable.
+    pub async fn local_write_block_parts_unsynced(
+        &self,
+        disk: DiskId,
+        layer: u64,
+        blocks: &[u64],
+        parts: &[Bytes],
+    ) -> Result<()> {
+        self.local_write_blocks(disk, layer, blocks, parts, false)
+            .await
+    }
+
+    /// Make every write to a disk of this node answered so far durable.
+    pub async fn local_sync(&self, disk: DiskId) -> Result<()> {
+        Ok(self.local_disk(disk)?.sync().await?)
     }
 
     /// An ordinary block trim on a disk of this node (seen by a resync of its layer).

@@ -53,12 +53,20 @@ impl Tracker {
         layer: u64,
         blocks: &[u64],
         parts: &[Bytes],
+        synced: bool,
     ) -> Result<(), DiskError> {
+        let write = || async {
+            if synced {
+                disk.write_block_parts(layer, blocks, parts).await
+            } else {
+                disk.write_block_parts_unsynced(layer, blocks, parts).await
+            }
+        };
         match self.get(id, layer) {
-            None => disk.write_block_parts(layer, blocks, parts).await,
+            None => write().await,
             Some(dirty) => {
                 let mut g = dirty.lock().await;
-                disk.write_block_parts(layer, blocks, parts).await?;
+                write().await?;
                 g.extend(blocks.iter().copied());
                 Ok(())
             }

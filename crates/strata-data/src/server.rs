@@ -181,6 +181,7 @@ impl Storage for StorageService {
                 req.volume,
                 &req.blocks,
                 &[Bytes::from(req.data)],
+                true,
             )
             .await
             .map_err(data_status)?;

@@ -15,6 +15,8 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use rocksdb::{Direction, IteratorMode, DB};
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 /// Size of a volume block.
 pub const BLOCK_BYTES: usize = BLOCK;
@@ -35,23 +37,87 @@ pub struct BlockRead {
     pub present: Vec<bool>,
 }
 
-/// Marks the blocks every volume block entry occupies, at open.
-pub(crate) fn mark_blocks(db: &DB, alloc: &mut Allocator) -> Result<()> {
+/// Marks the blocks every volume block entry occupies, at open. Entries of unsynced rounds
+/// newer than the synced generation (the machine or process stopped before a sync) are checked
+/// against their blocks' checksums: one whose data never reached the disk falls back to the
+/// durable entry it replaced (or becomes a hole again). The outcome is then recorded durably.
+pub(crate) fn mark_blocks(db: &DB, file: &File, alloc: &mut Allocator) -> Result<()> {
     let cf = index::cf(db, CF_BLOCKS)?;
+    let synced = index::synced_gen(db)?;
+    let mut unsynced: Vec<(Box<[u8]>, BlockEntry)> = Vec::new();
     for item in db.iterator_cf(cf, IteratorMode::Start) {
         let (k, v) = item.map_err(index::index_err)?;
         let Some(e) = BlockEntry::decode(&v) else {
             tracing::error!(key = ?k, "undecodable block index entry; its block stays unknown");
             continue;
         };
-        if !alloc.mark(Extent {
-            start: e.addr,
-            len: 1,
-        }) {
-            tracing::error!(key = ?k, addr = e.addr, "volume block is out of range or shared");
+        if e.gen > synced {
+            unsynced.push((k, e));
+            continue;
         }
+        mark_one(alloc, &k, e.addr);
     }
+    if unsynced.is_empty() {
+        return Ok(());
+    }
+    unsynced.sort_by_key(|(_, e)| e.addr);
+    let newest = unsynced.iter().map(|(_, e)| e.gen).max().unwrap_or(synced);
+    let mut wb = rocksdb::WriteBatch::default();
+    let mut reverted = 0usize;
+    let mut i = 0;
+    while i < unsynced.len() {
+        // A run of adjacent blocks, read with one I/O.
+        let mut j = i + 1;
+        while j < unsynced.len()
+            && j - i < RECOVERY_READ_BLOCKS
+            && unsynced[j].1.addr == unsynced[j - 1].1.addr + 1
+        {
+            j += 1;
+        }
+        let mut buf = AlignedBuf::zeroed(j - i);
+        let read = file.read_exact_at(buf.as_mut_slice(), unsynced[i].1.addr * BLOCK as u64);
+        for (n, (k, e)) in unsynced[i..j].iter().enumerate() {
+            let intact = read.is_ok()
+                && crc32c::crc32c(&buf.as_slice()[n * BLOCK..(n + 1) * BLOCK]) == e.crc;
+            if intact {
+                mark_one(alloc, k, e.addr);
+                continue;
+            }
+            reverted += 1;
+            match e.prev {
+                Some((addr, crc)) => {
+                    mark_one(alloc, k, addr);
+                    wb.put_cf(cf, k, BlockEntry::synced(addr, crc).encode());
+                }
+                None => wb.delete_cf(cf, k),
+            }
+        }
+        i = j;
+    }
+    let meta = index::cf(db, index::CF_META)?;
+    wb.put_cf(meta, index::META_SYNCED_GEN, newest.to_be_bytes());
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(wb, &wo).map_err(index::index_err)?;
+    tracing::warn!(
+        checked = unsynced.len(),
+        reverted,
+        "volume blocks written unsynced before an unclean stop were checked; those whose data \
+         never reached the disk read as before"
+    );
     Ok(())
+}
+
+/// Blocks read at once when checking unsynced entries at open (1 MiB).
+const RECOVERY_READ_BLOCKS: usize = 256;
+
+fn mark_one(alloc: &mut Allocator, key: &[u8], addr: u64) {
+    if !alloc.mark(Extent {
+        start: addr,
+        len: 1,
+    }) {
+        tracing::error!(key = ?key, addr, "volume block is out of range or shared");
+    }
 }
 
 fn check_range(first: u64, count: u64, max: u64) -> Result<()> {
@@ -88,6 +154,33 @@ impl Disk {
         volume: u64,
         blocks: &[u64],
         parts: &[Bytes],
+    ) -> Result<()> {
+        self.write_parts(volume, blocks, parts, true).await
+    }
+
+    /// [`Disk::write_block_parts`] answered before the write is durable: it survives a crash
+    /// of the process but not of the machine until [`Disk::sync`] (or any synced write) has
+    /// run. After an unclean stop each such block reads either as written or as it was before.
+    pub async fn write_block_parts_unsynced(
+        &self,
+        volume: u64,
+        blocks: &[u64],
+        parts: &[Bytes],
+    ) -> Result<()> {
+        self.write_parts(volume, blocks, parts, false).await
+    }
+
+    /// Makes every write answered so far durable.
+    pub async fn sync(&self) -> Result<()> {
+        self.submit(|reply| CommitOp::Sync { reply }).await
+    }
+
+    async fn write_parts(
+        &self,
+        volume: u64,
+        blocks: &[u64],
+        parts: &[Bytes],
+        synced: bool,
     ) -> Result<()> {
         let len: usize = parts.iter().map(Bytes::len).sum();
         if len == 0 || parts.iter().any(|p| !p.len().is_multiple_of(BLOCK)) {
@@ -133,6 +226,7 @@ impl Disk {
             blocks: blocks.to_vec(),
             start: ext.start,
             crcs,
+            synced,
             reply,
         })
         .await
@@ -287,5 +381,149 @@ impl Disk {
             data: Bytes::from(data),
             present,
         }))
+    }
+}
+
+#[cfg(test)]
+mod unsynced_tests {
+    use super::*;
+    use crate::DiskConfig;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    fn open(dir: &Path) -> Arc<Disk> {
+        Disk::open(DiskConfig {
+            dir: dir.to_path_buf(),
+            device: None,
+            capacity_bytes: 16 << 20,
+            force_syscall_io: false,
+        })
+        .expect("open")
+    }
+
+    fn block(fill: u8) -> Bytes {
+        Bytes::from(vec![fill; BLOCK])
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// The index entry of block `b` of volume 7, read with the disk closed.
+    fn entry(dir: &Path, b: u64) -> BlockEntry {
+        let db = index::open_db(&dir.join("index")).expect("index");
+        let cf = index::cf(&db, CF_BLOCKS).expect("cf");
+        let v = db
+            .get_cf(cf, index::block_key(7, b))
+            .expect("get")
+            .expect("entry");
+        BlockEntry::decode(&v).expect("decodes")
+    }
+
+    /// Overwrite a data-area block, as if its write had never reached the disk.
+    fn lose(dir: &Path, addr: u64) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("chunks.dat"))
+            .expect("data file");
+        f.write_all_at(&[0xEE; BLOCK], addr * BLOCK as u64)
+            .expect("overwrite");
+    }
+
+    /// Block `b` of volume 7 as (its first byte if every byte is the same, present).
+    async fn read(d: &Disk, b: u64) -> (Option<u8>, bool) {
+        let r = d.read_blocks(7, b, 1).await.expect("read");
+        let same = r.data.iter().all(|x| *x == r.data[0]);
+        (same.then_some(r.data[0]), r.present[0])
+    }
+
+    #[test]
+    fn unsynced_blocks_whose_data_was_lost_read_as_before_after_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut used_before = 0;
+        {
+            let d = open(dir.path());
+            rt().block_on(async {
+                d.write_block_parts(7, &[0, 1], &[block(0xA0), block(0xA1)])
+                    .await
+                    .expect("durable write");
+                used_before = d.usage().used_bytes;
+                // Over a durable entry, then over the unsynced one; over a durable entry; over
+                // a hole.
+                d.write_block_parts_unsynced(7, &[0], &[block(0xB0)])
+                    .await
+                    .expect("unsynced");
+                d.write_block_parts_unsynced(7, &[0], &[block(0xC0)])
+                    .await
+                    .expect("unsynced again");
+                d.write_block_parts_unsynced(7, &[1, 5], &[block(0xB1), block(0xB5)])
+                    .await
+                    .expect("unsynced pair");
+                assert_eq!(read(&d, 0).await, (Some(0xC0), true));
+                assert_eq!(read(&d, 1).await, (Some(0xB1), true));
+                assert_eq!(read(&d, 5).await, (Some(0xB5), true));
+                // The replaced durable blocks stay allocated until a sync; the block of the
+                // replaced unsynced write does not: 0xC0, 0xB1 and 0xB5 are new.
+                assert_eq!(d.usage().used_bytes, used_before + 3 * BLOCK as u64);
+            });
+        }
+        let e0 = entry(dir.path(), 0);
+        let e5 = entry(dir.path(), 5);
+        assert!(e0.gen > 0 && e0.prev.is_some());
+        assert!(e5.gen > 0 && e5.prev.is_none());
+        lose(dir.path(), e0.addr);
+        lose(dir.path(), e5.addr);
+        for _ in 0..2 {
+            let d = open(dir.path());
+            rt().block_on(async {
+                assert_eq!(read(&d, 0).await, (Some(0xA0), true), "falls back");
+                assert_eq!(read(&d, 1).await, (Some(0xB1), true), "intact");
+                assert_eq!(read(&d, 5).await, (Some(0), false), "a hole again");
+            });
+            // Blocks 0 (old place) and 1 (new place): the rest is free again.
+            assert_eq!(d.usage().used_bytes, used_before);
+        }
+    }
+
+    #[test]
+    fn a_sync_makes_unsynced_blocks_durable_and_frees_what_they_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = open(dir.path());
+        let used = rt().block_on(async {
+            d.write_block_parts(7, &[0, 1], &[block(1), block(2)])
+                .await
+                .expect("durable write");
+            let used = d.usage().used_bytes;
+            d.write_block_parts_unsynced(7, &[0, 1], &[block(3), block(4)])
+                .await
+                .expect("unsynced");
+            assert_eq!(d.usage().used_bytes, used + 2 * BLOCK as u64);
+            d.sync().await.expect("sync");
+            assert_eq!(d.usage().used_bytes, used);
+            // A synced write after unsynced ones also records them durable.
+            d.write_block_parts_unsynced(7, &[0], &[block(5)])
+                .await
+                .expect("unsynced");
+            d.write_block_parts(7, &[2], &[block(6)])
+                .await
+                .expect("durable write");
+            used
+        });
+        drop(d);
+        // Durable now: a lost block is corruption, not a fallback.
+        let e0 = entry(dir.path(), 0);
+        lose(dir.path(), e0.addr);
+        let d = open(dir.path());
+        assert_eq!(d.usage().used_bytes, used + BLOCK as u64);
+        rt().block_on(async {
+            assert!(matches!(
+                d.read_blocks(7, 0, 1).await,
+                Err(DiskError::CorruptBlock { .. })
+            ));
+            assert_eq!(read(&d, 1).await, (Some(4), true));
+        });
     }
 }

@@ -5,6 +5,14 @@
 //! the batch, then one synced rocksdb `WriteBatch` with all index and record changes, and only
 //! then answers the writers. Blocks released by the batch (deleted or overwritten chunks)
 //! return to the allocator after that `WriteBatch` is durable.
+//!
+//! Volume block writes may ask for less (`synced: false`): a round made only of those skips
+//! the fdatasync and writes its `WriteBatch` unsynced, so it survives a crash of the process
+//! but not of the machine. Its entries carry the round's generation and the durable entry they
+//! replaced, whose block stays allocated until a synced round (any other op, a
+//! [`CommitOp::Sync`], or [`UNSYNCED_BYTES_MAX`] of unsynced data) records the generation as
+//! durable. Opening the disk checks the blocks of entries newer than that (see
+//! `blocks::mark_blocks`).
 
 use crate::alloc::{Allocator, Extent};
 use crate::buf::BLOCK;
@@ -25,6 +33,9 @@ pub(crate) const QUEUE_DEPTH: usize = 1024;
 pub(crate) const MAX_BATCH_OPS: usize = 512;
 /// Most record bytes carried by one round's `WriteBatch`.
 pub(crate) const MAX_BATCH_BYTES: usize = 32 << 20;
+/// Unsynced volume data after which the next round is synced anyway: bounds what opening the
+/// disk after an unclean stop has to check.
+pub(crate) const UNSYNCED_BYTES_MAX: u64 = 4 << 30;
 
 pub(crate) enum CommitOp {
     /// Chunk data is written (not yet synced) at `entry.offset`.
@@ -47,14 +58,17 @@ pub(crate) enum CommitOp {
         reply: oneshot::Sender<Result<()>>,
     },
     /// Volume blocks `blocks[i]` are written (not yet synced) at data-area blocks
-    /// `start + i`.
+    /// `start + i`. `synced: false` lets the answer come before the write is durable.
     WriteBlocks {
         volume: u64,
         blocks: Vec<u64>,
         start: u64,
         crcs: Vec<u32>,
+        synced: bool,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Make every write answered so far durable.
+    Sync { reply: oneshot::Sender<Result<()>> },
     /// Volume blocks `first..first + count` become holes.
     TrimBlocks {
         volume: u64,
@@ -65,6 +79,23 @@ pub(crate) enum CommitOp {
 }
 
 impl CommitOp {
+    /// Does the round carrying this op have to be synced?
+    fn needs_sync(&self) -> bool {
+        !matches!(self, CommitOp::WriteBlocks { synced: false, .. })
+    }
+
+    /// Unsynced data this op adds.
+    fn unsynced_bytes(&self) -> u64 {
+        match self {
+            CommitOp::WriteBlocks {
+                synced: false,
+                crcs,
+                ..
+            } => (crcs.len() * BLOCK) as u64,
+            _ => 0,
+        }
+    }
+
     fn weight(&self) -> usize {
         match self {
             CommitOp::PutRecord { key, rec, .. } => {
@@ -96,6 +127,22 @@ pub(crate) struct Committer {
     /// Set after a failed sync: what reached the disk is then unknown, so no further write is
     /// acknowledged until the disk is reopened (and its state rebuilt from the index).
     pub failed: Mutex<Option<String>>,
+    /// Generation of the unsynced rounds since the last synced one (the synced generation
+    /// plus one). Only the index stage changes it.
+    pub gen: AtomicU64,
+    /// Index stage: some entry of generation `gen` was written.
+    pub gen_used: std::sync::atomic::AtomicBool,
+    /// Blocks of durable entries replaced by unsynced ones: released by the next synced round.
+    pub deferred: Mutex<Vec<Extent>>,
+}
+
+/// A batch on its way from the sync stage to the index stage.
+pub(crate) struct Round {
+    batch: Vec<CommitOp>,
+    /// Extents the batch's writes filled.
+    new_extents: Vec<Extent>,
+    /// Was its data fdatasync'd, and will its `WriteBatch` be synced?
+    synced: bool,
 }
 
 /// What a batch decided for one op, answered after the batch is durable.
@@ -110,14 +157,14 @@ impl Committer {
     /// writes batch N's `WriteBatch`, this thread already fdatasyncs batch N+1's data.
     pub(crate) fn run(self, mut rx: mpsc::Receiver<CommitOp>) {
         let this = Arc::new(self);
-        let (to_index, index_rx) = std::sync::mpsc::sync_channel::<(Vec<CommitOp>, Vec<Extent>)>(1);
+        let (to_index, index_rx) = std::sync::mpsc::sync_channel::<Round>(1);
         let index_stage = {
             let this = this.clone();
             std::thread::Builder::new()
                 .name("strata-disk-index".into())
                 .spawn(move || {
-                    for (batch, new_extents) in index_rx {
-                        this.write_index(batch, new_extents);
+                    for round in index_rx {
+                        this.write_index(round);
                     }
                 })
         };
@@ -128,6 +175,8 @@ impl Committer {
                 None
             }
         };
+        // Data written by unsynced rounds since the last fdatasync.
+        let mut unsynced = 0u64;
         while let Some(first) = rx.blocking_recv() {
             let mut bytes = first.weight();
             let mut batch = vec![first];
@@ -140,18 +189,20 @@ impl Committer {
                     Err(_) => break,
                 }
             }
-            let Some((batch, new_extents)) = this.sync_data(batch) else {
+            let added: u64 = batch.iter().map(CommitOp::unsynced_bytes).sum();
+            let synced =
+                batch.iter().any(CommitOp::needs_sync) || unsynced + added >= UNSYNCED_BYTES_MAX;
+            let Some(round) = this.sync_data(batch, synced, unsynced > 0) else {
                 continue;
             };
+            unsynced = if synced { 0 } else { unsynced + added };
             match &index_stage {
                 Some((to_index, _)) => {
-                    if let Err(std::sync::mpsc::SendError((batch, new_extents))) =
-                        to_index.send((batch, new_extents))
-                    {
-                        this.write_index(batch, new_extents);
+                    if let Err(std::sync::mpsc::SendError(round)) = to_index.send(round) {
+                        this.write_index(round);
                     }
                 }
-                None => this.write_index(batch, new_extents),
+                None => this.write_index(round),
             }
         }
         if let Some((to_index, handle)) = index_stage.take() {
@@ -210,8 +261,14 @@ impl Committer {
         }
     }
 
-    /// First stage: one fdatasync for all chunk data of the batch.
-    fn sync_data(&self, batch: Vec<CommitOp>) -> Option<(Vec<CommitOp>, Vec<Extent>)> {
+    /// First stage: one fdatasync for all data of a synced round, and of the unsynced rounds
+    /// before it (`earlier_unsynced`).
+    fn sync_data(
+        &self,
+        batch: Vec<CommitOp>,
+        synced: bool,
+        earlier_unsynced: bool,
+    ) -> Option<Round> {
         let new_extents: Vec<Extent> = batch
             .iter()
             .filter_map(|op| match op {
@@ -226,7 +283,7 @@ impl Committer {
 
         let batch = self.refuse_if_failed(batch, &new_extents)?;
 
-        if !new_extents.is_empty() {
+        if synced && (!new_extents.is_empty() || earlier_unsynced) {
             self.counters.data_syncs.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = self.io.datasync_blocking() {
                 tracing::error!(error = %e, "fdatasync of the data file failed; refusing writes");
@@ -236,17 +293,27 @@ impl Committer {
                 return None;
             }
         }
-        Some((batch, new_extents))
+        Some(Round {
+            batch,
+            new_extents,
+            synced,
+        })
     }
 
-    /// Second stage: one synced `WriteBatch` for all index and record changes of the batch,
-    /// then release of the blocks it freed, then the answers.
-    fn write_index(&self, batch: Vec<CommitOp>, new_extents: Vec<Extent>) {
+    /// Second stage: one `WriteBatch` for all index and record changes of the batch (synced
+    /// if the round is), then release of the blocks it freed, then the answers.
+    fn write_index(&self, round: Round) {
+        let Round {
+            batch,
+            new_extents,
+            synced,
+        } = round;
         let Some(batch) = self.refuse_if_failed(batch, &new_extents) else {
             return;
         };
 
-        let (wb, outcomes, mut released, unused, chunk_delta) = match self.plan(&batch) {
+        let planned = self.plan(&batch, synced);
+        let (mut wb, outcomes, mut released, unused, chunk_delta, deferred) = match planned {
             Ok(p) => p,
             Err(e) => {
                 let msg = e.to_string();
@@ -256,10 +323,27 @@ impl Committer {
             }
         };
 
+        let gen = self.gen.load(Ordering::Relaxed);
+        let gen_used = self.gen_used.load(Ordering::Relaxed)
+            || !deferred.is_empty()
+            || (!synced && !wb.is_empty());
+        if synced && gen_used {
+            match index::cf(&self.db, index::CF_META) {
+                Ok(meta) => wb.put_cf(meta, index::META_SYNCED_GEN, gen.to_be_bytes()),
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.free(&new_extents);
+                    fail_all(batch, |_| DiskError::Index(msg.clone()));
+                    return;
+                }
+            }
+        }
         if !wb.is_empty() {
             let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            self.counters.index_syncs.fetch_add(1, Ordering::Relaxed);
+            wo.set_sync(synced);
+            if synced {
+                self.counters.index_syncs.fetch_add(1, Ordering::Relaxed);
+            }
             if let Err(e) = self.db.write_opt(wb, &wo) {
                 // Whether the batch reached the WAL is unknown: release nothing, ack nothing.
                 let msg = e.into_string();
@@ -270,8 +354,22 @@ impl Committer {
             }
         }
 
-        // Durable: extents that no index entry refers to any more can be reused now.
+        // Durable (or, unsynced, replacing entries that were not): extents that no index
+        // entry refers to any more can be reused now.
         released.extend(unused);
+        if synced {
+            if gen_used {
+                self.gen.store(gen + 1, Ordering::Relaxed);
+                self.gen_used.store(false, Ordering::Relaxed);
+            }
+            released.append(&mut self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
+        } else {
+            self.gen_used.store(gen_used, Ordering::Relaxed);
+            self.deferred
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(deferred);
+        }
         self.free(&released);
         if chunk_delta >= 0 {
             self.counters
@@ -299,11 +397,23 @@ impl Committer {
     /// the changes of earlier ops of the same batch. Returns the batch, one outcome per op, the
     /// extents released once the batch is durable, extents of puts that failed (never referenced)
     /// and the change of the chunk count.
+    /// Unsynced, it also returns the blocks of durable entries its block writes replaced
+    /// (released by the next synced round).
     #[allow(clippy::type_complexity)]
     fn plan(
         &self,
         batch: &[CommitOp],
-    ) -> Result<(WriteBatch, Vec<Outcome>, Vec<Extent>, Vec<Extent>, i64)> {
+        synced: bool,
+    ) -> Result<(
+        WriteBatch,
+        Vec<Outcome>,
+        Vec<Extent>,
+        Vec<Extent>,
+        i64,
+        Vec<Extent>,
+    )> {
+        let gen = self.gen.load(Ordering::Relaxed);
+        let mut deferred = Vec::new();
         let chunks = index::cf(&self.db, CF_CHUNKS)?;
         let records = index::cf(&self.db, CF_RECORDS)?;
         let blocks = index::cf(&self.db, CF_BLOCKS)?;
@@ -315,7 +425,7 @@ impl Committer {
         // Current state as of the ops planned so far: `None` = absent.
         let mut chunk_state: HashMap<ChunkId, Option<Extent>> = HashMap::new();
         let mut record_state: HashMap<&[u8], Option<u64>> = HashMap::new();
-        let mut block_state: HashMap<(u64, u64), Option<u64>> = HashMap::new();
+        let mut block_state: HashMap<(u64, u64), Option<BlockEntry>> = HashMap::new();
 
         for op in batch {
             let outcome = match op {
@@ -380,21 +490,51 @@ impl Committer {
                     crcs,
                     ..
                 } => {
-                    let olds: Result<Vec<Option<u64>>> = numbers
+                    let olds: Result<Vec<Option<BlockEntry>>> = numbers
                         .iter()
-                        .map(|&b| self.block_addr(&mut block_state, blocks, *volume, b))
+                        .map(|&b| self.block_entry(&mut block_state, blocks, *volume, b))
                         .collect();
                     match olds {
                         Ok(olds) => {
                             for (i, (old, crc)) in olds.into_iter().zip(crcs).enumerate() {
                                 let block = numbers[i];
                                 let addr = start + i as u64;
-                                if let Some(old) = old {
-                                    released.push(Extent { start: old, len: 1 });
-                                }
-                                let entry = BlockEntry { addr, crc: *crc };
+                                let entry = if synced {
+                                    // An unsynced entry's `prev` block is already deferred.
+                                    if let Some(old) = old {
+                                        released.push(Extent {
+                                            start: old.addr,
+                                            len: 1,
+                                        });
+                                    }
+                                    BlockEntry::synced(addr, *crc)
+                                } else {
+                                    let prev = match old {
+                                        None => None,
+                                        Some(o) if o.gen == gen => {
+                                            released.push(Extent {
+                                                start: o.addr,
+                                                len: 1,
+                                            });
+                                            o.prev
+                                        }
+                                        Some(o) => {
+                                            deferred.push(Extent {
+                                                start: o.addr,
+                                                len: 1,
+                                            });
+                                            Some((o.addr, o.crc))
+                                        }
+                                    };
+                                    BlockEntry {
+                                        addr,
+                                        crc: *crc,
+                                        gen,
+                                        prev,
+                                    }
+                                };
                                 wb.put_cf(blocks, index::block_key(*volume, block), entry.encode());
-                                block_state.insert((*volume, block), Some(addr));
+                                block_state.insert((*volume, block), Some(entry));
                             }
                             Outcome::Done
                         }
@@ -426,10 +566,11 @@ impl Committer {
                     }
                     Err(e) => Outcome::Failed(e),
                 },
+                CommitOp::Sync { .. } => Outcome::Done,
             };
             outcomes.push(outcome);
         }
-        Ok((wb, outcomes, released, unused, delta))
+        Ok((wb, outcomes, released, unused, delta, deferred))
     }
 
     /// The extent a chunk currently occupies (`None` if absent).
@@ -463,13 +604,13 @@ impl Committer {
     }
 
     /// The data-area block a volume block currently occupies (`None`: a hole).
-    fn block_addr(
+    fn block_entry(
         &self,
-        state: &mut HashMap<(u64, u64), Option<u64>>,
+        state: &mut HashMap<(u64, u64), Option<BlockEntry>>,
         blocks: &rocksdb::ColumnFamily,
         volume: u64,
         block: u64,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Option<BlockEntry>> {
         if let Some(s) = state.get(&(volume, block)) {
             return Ok(*s);
         }
@@ -481,7 +622,7 @@ impl Committer {
         {
             None => None,
             Some(v) => match BlockEntry::decode(&v) {
-                Some(e) => Some(e.addr),
+                Some(e) => Some(e),
                 None => {
                     tracing::warn!(volume, block, "replacing an undecodable block index entry");
                     None
@@ -496,7 +637,7 @@ impl Committer {
     /// the committed index plus the ops planned so far.
     fn blocks_in(
         &self,
-        state: &HashMap<(u64, u64), Option<u64>>,
+        state: &HashMap<(u64, u64), Option<BlockEntry>>,
         blocks: &rocksdb::ColumnFamily,
         volume: u64,
         first: u64,
@@ -520,9 +661,9 @@ impl Committer {
             };
             found.insert(block, BlockEntry::decode(&v).map(|e| e.addr));
         }
-        for (&(v, b), addr) in state {
+        for (&(v, b), entry) in state {
             if v == volume && (first..end).contains(&b) {
-                found.insert(b, *addr);
+                found.insert(b, entry.map(|e| e.addr));
             }
         }
         Ok(found
@@ -578,7 +719,8 @@ fn answer(op: CommitOp, outcome: Outcome) {
         | CommitOp::DeleteChunk { reply, .. }
         | CommitOp::RemoveRecord { reply, .. }
         | CommitOp::WriteBlocks { reply, .. }
-        | CommitOp::TrimBlocks { reply, .. } => reply.send(unit(outcome)).is_ok(),
+        | CommitOp::TrimBlocks { reply, .. }
+        | CommitOp::Sync { reply } => reply.send(unit(outcome)).is_ok(),
     };
     if !sent {
         tracing::debug!("writer stopped waiting before its write was acknowledged");

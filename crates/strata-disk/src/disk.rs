@@ -13,7 +13,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use strata_types::{ChunkId, CHUNK_SIZE_BYTES_MAX};
@@ -147,7 +147,8 @@ impl Disk {
             }
         }
 
-        crate::blocks::mark_blocks(&db, &mut alloc)?;
+        crate::blocks::mark_blocks(&db, &file, &mut alloc)?;
+        let gen = index::synced_gen(&db)? + 1;
 
         let file = Arc::new(file);
         let io = Arc::new(IoEngine::new(file, cfg.force_syscall_io));
@@ -163,6 +164,9 @@ impl Disk {
             counters: counters.clone(),
             data_path: data_path.clone(),
             failed: Mutex::new(None),
+            gen: AtomicU64::new(gen),
+            gen_used: Default::default(),
+            deferred: Mutex::new(Vec::new()),
         };
         let handle = std::thread::Builder::new()
             .name("strata-disk-commit".into())

@@ -258,6 +258,7 @@ mod tests {
 }
 
 const BLOCK_V1: u8 = 1;
+const BLOCK_V2: u8 = 2;
 
 /// Key of one volume block: volume id then block number, both big-endian, so a volume's
 /// blocks are contiguous and in order.
@@ -276,31 +277,88 @@ pub(crate) fn decode_block_key(k: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// Where one 4 KiB volume block lives and its checksum.
+///
+/// An entry written by an unsynced round (see `commit`) also carries that round's generation
+/// and the durable entry it replaced (`prev`, `None` for a hole). Once the disk's synced
+/// generation (`META_SYNCED_GEN`) reaches `gen`, the entry is durable and `prev` means nothing;
+/// until then, `prev`'s block is kept allocated, and opening the disk after an unclean stop
+/// checks the entry's block against its checksum and falls back to `prev` if the data never
+/// reached the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BlockEntry {
     /// Block number in the data area.
     pub addr: u64,
     pub crc: u32,
+    /// 0: written by a synced round.
+    pub gen: u64,
+    pub prev: Option<(u64, u32)>,
 }
 
 impl BlockEntry {
-    pub(crate) fn encode(&self) -> [u8; 13] {
-        let mut v = [0u8; 13];
-        v[0] = BLOCK_V1;
-        v[1..9].copy_from_slice(&self.addr.to_be_bytes());
-        v[9..].copy_from_slice(&self.crc.to_be_bytes());
+    /// A durable entry.
+    pub(crate) fn synced(addr: u64, crc: u32) -> Self {
+        BlockEntry {
+            addr,
+            crc,
+            gen: 0,
+            prev: None,
+        }
+    }
+
+    /// `V1 addr crc` (13 bytes) for a synced entry; `V2 addr crc gen [prev_addr prev_crc]`
+    /// (21 or 33 bytes) for an unsynced one.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(33);
+        v.push(if self.gen == 0 { BLOCK_V1 } else { BLOCK_V2 });
+        v.extend_from_slice(&self.addr.to_be_bytes());
+        v.extend_from_slice(&self.crc.to_be_bytes());
+        if self.gen != 0 {
+            v.extend_from_slice(&self.gen.to_be_bytes());
+            if let Some((addr, crc)) = self.prev {
+                v.extend_from_slice(&addr.to_be_bytes());
+                v.extend_from_slice(&crc.to_be_bytes());
+            }
+        }
         v
     }
 
     pub(crate) fn decode(v: &[u8]) -> Option<Self> {
-        if v.len() != 13 || v[0] != BLOCK_V1 {
-            return None;
+        let u64_at =
+            |i: usize| -> Option<u64> { Some(u64::from_be_bytes(v[i..i + 8].try_into().ok()?)) };
+        let u32_at =
+            |i: usize| -> Option<u32> { Some(u32::from_be_bytes(v[i..i + 4].try_into().ok()?)) };
+        match (v.first(), v.len()) {
+            (Some(&BLOCK_V1), 13) => Some(BlockEntry::synced(u64_at(1)?, u32_at(9)?)),
+            (Some(&BLOCK_V2), 21 | 33) => {
+                let gen = u64_at(13)?;
+                if gen == 0 {
+                    return None;
+                }
+                Some(BlockEntry {
+                    addr: u64_at(1)?,
+                    crc: u32_at(9)?,
+                    gen,
+                    prev: if v.len() == 33 {
+                        Some((u64_at(21)?, u32_at(29)?))
+                    } else {
+                        None
+                    },
+                })
+            }
+            _ => None,
         }
-        Some(BlockEntry {
-            addr: u64::from_be_bytes(v[1..9].try_into().ok()?),
-            crc: u32::from_be_bytes(v[9..].try_into().ok()?),
-        })
     }
+}
+
+/// The highest generation of unsynced block writes known durable (u64, big-endian).
+pub(crate) const META_SYNCED_GEN: &[u8] = b"blocks-synced-gen";
+
+pub(crate) fn synced_gen(db: &DB) -> Result<u64> {
+    let meta = cf(db, CF_META)?;
+    Ok(match db.get_cf(meta, META_SYNCED_GEN).map_err(index_err)? {
+        Some(v) if v.len() == 8 => u64::from_be_bytes(v[..].try_into().unwrap_or_default()),
+        _ => 0,
+    })
 }
 
 #[cfg(test)]
@@ -309,11 +367,19 @@ mod block_tests {
 
     #[test]
     fn block_entries_round_trip_and_refuse_garbage() {
-        let e = BlockEntry {
-            addr: 77,
-            crc: 0xdead_beef,
-        };
+        let e = BlockEntry::synced(77, 0xdead_beef);
+        assert_eq!(e.encode().len(), 13);
         assert_eq!(BlockEntry::decode(&e.encode()), Some(e));
+        for prev in [None, Some((5, 9))] {
+            let u = BlockEntry {
+                addr: 78,
+                crc: 1,
+                gen: 3,
+                prev,
+            };
+            assert_eq!(BlockEntry::decode(&u.encode()), Some(u));
+        }
+        assert_eq!(BlockEntry::decode(&[2; 20]), None);
         assert_eq!(BlockEntry::decode(&[2; 13]), None);
         assert_eq!(BlockEntry::decode(&[1; 5]), None);
         assert_eq!(decode_block_key(&block_key(3, 9)), Some((3, 9)));

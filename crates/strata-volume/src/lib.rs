@@ -30,6 +30,7 @@ use bytes::{Bytes, BytesMut};
 use cache::{Batch, Cache, Take, PIPELINE};
 use futures::future::{join_all, BoxFuture, FutureExt};
 use futures::StreamExt;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,7 @@ use strata_data::{DataError, DataPlane, Replica};
 use strata_disk::{BLOCKS_PER_WRITE_MAX, BLOCK_BYTES};
 use strata_meta::MetaError;
 use strata_nbd::{BlockSizes, BlockTarget, Extent, NbdError, NbdResult};
+use strata_types::DiskId;
 
 /// Bytes of one extent: the unit of placement.
 pub const EXTENT_BYTES: u64 = 4 << 20;
@@ -77,6 +79,12 @@ struct Io {
     cache: Cache,
     /// The volume is no longer served (its `Volume` was dropped).
     closed: AtomicBool,
+    /// Local disks holding writes of this volume that were answered before they were durable
+    /// (see [`Io::write_blocks`]); a flush syncs them.
+    unsynced: std::sync::Mutex<BTreeSet<DiskId>>,
+    /// One flush syncs those disks at a time, so a flush never returns while an earlier one
+    /// still syncs a disk it took from the set.
+    syncing: tokio::sync::Mutex<()>,
 }
 
 /// A piece of a request that stays inside one extent and one disk request.
@@ -144,6 +152,8 @@ impl Volume {
                 insync,
                 cache: Cache::new(spec.id),
                 closed: AtomicBool::new(false),
+                unsynced: Default::default(),
+                syncing: Default::default(),
             }),
             spec: tokio::sync::RwLock::new(spec),
         })
@@ -227,7 +237,7 @@ impl Volume {
                     let zeroes = Bytes::from(vec![0u8; (p.blocks * BLOCK) as usize]);
                     let blocks: Vec<u64> = (p.first_block..p.first_block + p.blocks).collect();
                     self.io
-                        .write_blocks(spec.id, p.extent, &blocks, &[zeroes])
+                        .write_blocks(spec.id, p.extent, &blocks, &[zeroes], true)
                         .await?;
                 }
             }
@@ -259,7 +269,26 @@ impl Io {
     async fn flush(self: &Arc<Self>) -> NbdResult<()> {
         let seq = self.cache.seq();
         self.kick();
-        self.cache.wait_written(seq).await.map_err(NbdError::Io)
+        self.cache.wait_written(seq).await.map_err(NbdError::Io)?;
+        self.sync_disks().await
+    }
+
+    /// Sync the local disks that took unsynced writes of this volume.
+    async fn sync_disks(&self) -> NbdResult<()> {
+        let _one = self.syncing.lock().await;
+        let disks = std::mem::take(&mut *self.lock_unsynced());
+        for (i, disk) in disks.iter().enumerate() {
+            if let Err(e) = self.data.local_sync(*disk).await {
+                tracing::error!(disk, error = %e, "cannot sync a disk holding volume writes");
+                self.lock_unsynced().extend(disks.iter().skip(i));
+                return Err(io_err(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_unsynced(&self) -> std::sync::MutexGuard<'_, BTreeSet<DiskId>> {
+        self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Write cached blocks out until nothing is dirty: each batch takes every dirty block no
@@ -312,7 +341,9 @@ impl Io {
                 let data: Vec<Bytes> = part.iter().map(|(_, _, d)| d.clone()).collect();
                 let layer = batch.layer;
                 async move {
-                    let res = self.write_blocks(layer, extent, &blocks, &data).await;
+                    let res = self
+                        .write_blocks(layer, extent, &blocks, &data, false)
+                        .await;
                     let error = res.err().map(|e| e.to_string());
                     if let Some(e) = &error {
                         tracing::warn!(layer, extent, error = %e,
@@ -330,15 +361,30 @@ impl Io {
             .await;
     }
 
-    /// Write blocks of one extent of a layer (`blocks` ascending) to every replica.
+    /// Write blocks of one extent of a layer (`blocks` ascending) to every replica. Not
+    /// `durable`, an extent whose one replica is a disk of this node is written unsynced, as
+    /// a page cache would: it is on that disk (and survives this process) when this returns,
+    /// and durable once a flush has synced the disk. Replicated extents are always written
+    /// durably, so replicas never disagree about a write they acknowledged.
     async fn write_blocks(
         &self,
         layer: u64,
         extent: u64,
         blocks: &[u64],
         data: &[Bytes],
+        durable: bool,
     ) -> NbdResult<()> {
         let replicas = self.replicas(layer, extent)?;
+        if let [r] = replicas[..] {
+            if !durable && r.node == self.data.node_id() {
+                self.lock_unsynced().insert(r.disk);
+                let res = self
+                    .data
+                    .local_write_block_parts_unsynced(r.disk, layer, blocks, data)
+                    .await;
+                return self.settle(layer, extent, &replicas, vec![res]).await;
+            }
+        }
         let results = join_all(
             replicas
                 .iter()
@@ -552,6 +598,7 @@ impl BlockTarget for Volume {
                     .wait_written(seq)
                     .await
                     .map_err(NbdError::Io)?;
+                self.io.sync_disks().await?;
             }
             Ok(())
         }
