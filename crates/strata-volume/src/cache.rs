@@ -18,7 +18,7 @@
 //! write cache promises.
 
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, Semaphore};
 
@@ -45,8 +45,7 @@ struct Entry {
     /// Exactly one block.
     data: Bytes,
     /// A batch in flight is writing this block (`State::inflight` holds it): the next
-    /// batch leaves it alone. Read by the scan of every `take`, where a set lookup per
-    /// entry cost a tenth of the server's CPU on sequential writes.
+    /// batch leaves it alone. Entries not in flight are also in `State::ready`.
     inflight: bool,
 }
 
@@ -54,6 +53,9 @@ struct State {
     /// The writable layer the cached blocks belong to.
     layer: u64,
     entries: BTreeMap<u64, Entry>,
+    /// The entries no batch in flight is writing: what the next batch takes, without a scan
+    /// of every entry (which cost a tenth of the server's CPU on sequential writes).
+    ready: BTreeSet<u64>,
     /// How many entries have each `covers` value: the oldest write not yet durable is the
     /// first key.
     covers: BTreeMap<u64, u32>,
@@ -105,6 +107,9 @@ impl State {
                 // A block dropped from the cache while a batch was writing it is still in
                 // flight.
                 let inflight = self.inflight.contains(&block);
+                if !inflight {
+                    self.ready.insert(block);
+                }
                 self.entries.insert(
                     block,
                     Entry {
@@ -122,6 +127,9 @@ impl State {
 
     fn remove(&mut self, block: u64) {
         if let Some(e) = self.entries.remove(&block) {
+            if !e.inflight {
+                self.ready.remove(&block);
+            }
             self.count_covers(e.covers, false);
             self.bytes -= BLOCK;
         }
@@ -129,6 +137,7 @@ impl State {
 
     fn clear(&mut self) {
         self.entries.clear();
+        self.ready.clear();
         self.covers.clear();
         self.bytes = 0;
     }
@@ -164,6 +173,7 @@ impl Cache {
             state: Mutex::new(State {
                 layer,
                 entries: BTreeMap::new(),
+                ready: BTreeSet::new(),
                 covers: BTreeMap::new(),
                 bytes: 0,
                 inflight: HashSet::new(),
@@ -300,14 +310,19 @@ impl Cache {
             self.progress.notify_waiters();
             return Take::Idle;
         }
-        let blocks: Vec<(u64, u64, Bytes)> = s
-            .entries
-            .iter_mut()
-            .filter(|(_, e)| !e.inflight)
-            .take(BATCH_BLOCKS_MAX)
-            .map(|(b, e)| {
+        let picked = if s.ready.len() <= BATCH_BLOCKS_MAX {
+            std::mem::take(&mut s.ready)
+        } else {
+            let split = *s.ready.iter().nth(BATCH_BLOCKS_MAX).unwrap_or(&u64::MAX);
+            let rest = s.ready.split_off(&split);
+            std::mem::replace(&mut s.ready, rest)
+        };
+        let blocks: Vec<(u64, u64, Bytes)> = picked
+            .into_iter()
+            .filter_map(|b| {
+                let e = s.entries.get_mut(&b)?;
                 e.inflight = true;
-                (*b, e.seq, e.data.clone())
+                Some((b, e.seq, e.data.clone()))
             })
             .collect();
         if blocks.is_empty() {
@@ -328,6 +343,7 @@ impl Cache {
             s.inflight.remove(block);
             if let Some(e) = s.entries.get_mut(block) {
                 e.inflight = false;
+                s.ready.insert(*block);
             }
             if error.is_some() {
                 continue;
