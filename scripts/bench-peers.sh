@@ -44,7 +44,9 @@
 # (`bluestore block create`) once `ceph osd new` registered the OSD's uuid; there is no
 # systemd, so every daemon runs in the foreground (`-f`) with `-c DIR/ceph/ceph.conf`;
 # radosgw-admin makes the default zone and its pools on first use; radosgw's built-in
-# Swift auth answers TempAuth's `X-Auth-User`/`X-Auth-Key` at /auth/1.0.
+# Swift auth answers TempAuth's `X-Auth-User`/`X-Auth-Key` at /auth/1.0; beast sends a
+# small response's head and body in two writes, so without `tcp_nodelay=1` every small
+# GET waits about 40 ms for the client's delayed ACK.
 set -euo pipefail
 
 PROXY_PORT=${SWIFT_PROXY_PORT:-18081}
@@ -318,7 +320,7 @@ log file = $c/log/\$name.log
 
 [client.rgw.bench]
 rgw data = $c/rgw
-rgw frontends = beast endpoint=127.0.0.1:$CEPH_RGW_PORT
+rgw frontends = beast endpoint=127.0.0.1:$CEPH_RGW_PORT tcp_nodelay=1
 rgw swift account in url = true
 admin socket = $c/run/\$name.asok
 log file = $c/log/\$name.log
@@ -398,15 +400,27 @@ cmd_ceph_start() {
     timeout 60 radosgw-admin -c "$conf" key create --subuser "$CEPH_SWIFT_UID:swift" \
         --key-type swift --secret "$CEPH_SWIFT_KEY" >/dev/null
     ceph_spawn "$c" radosgw radosgw -c "$conf" -n client.rgw.bench -f
+    local headers=$c/run/auth-headers
     for i in $(seq 1 240); do
-        if curl -fsS -o /dev/null -H "X-Auth-User: $CEPH_SWIFT_UID:swift" \
+        curl -fsS -o /dev/null -D "$headers" -H "X-Auth-User: $CEPH_SWIFT_UID:swift" \
             -H "X-Auth-Key: $CEPH_SWIFT_KEY" "http://127.0.0.1:$CEPH_RGW_PORT/auth/1.0" \
-            2>/dev/null; then
-            return 0
-        fi
+            2>/dev/null && break
+        [ "$i" = 240 ] && die "radosgw not answering on 127.0.0.1:$CEPH_RGW_PORT; see $c/log"
         sleep 0.5
     done
-    die "radosgw not answering on 127.0.0.1:$CEPH_RGW_PORT; see $c/log"
+    # radosgw makes its data pool on the first object written, which takes seconds
+    # (pool creation, PG peering): one object written and removed, so that this is not
+    # measured as the first PUTs' latency.
+    local url token
+    url=$(tr -d '\r' <"$headers" | sed -n 's/^[Xx]-[Ss]torage-[Uu]rl: //p')
+    token=$(tr -d '\r' <"$headers" | sed -n 's/^[Xx]-[Aa]uth-[Tt]oken: //p')
+    rm -f "$headers"
+    curl -fsS -o /dev/null -X PUT -H "X-Auth-Token: $token" "$url/bench-warmup" \
+        && curl -fsS -o /dev/null -X PUT -H "X-Auth-Token: $token" --data-binary warmup \
+            "$url/bench-warmup/o" \
+        && curl -fsS -o /dev/null -X DELETE -H "X-Auth-Token: $token" "$url/bench-warmup/o" \
+        && curl -fsS -o /dev/null -X DELETE -H "X-Auth-Token: $token" "$url/bench-warmup" \
+        || die "radosgw's first object write failed; see $c/log"
 }
 
 cmd_ceph_stop() {
