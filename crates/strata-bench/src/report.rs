@@ -291,8 +291,8 @@ impl Report {
              region as the prefill wrote it, `seqread-1m-qd8` after the random writes rewrote much of it.{}\n",
             if rbd {
                 " Ceph rbd: an image in a pool of size 1 on one BlueStore OSD, through librbd in fio's process \
-                 (librbd's default write-back cache until the first flush; a flush makes writes durable); \
-                 its CPU column counts mon, mgr and OSD, not librbd."
+                 with its default cache (`writearound`: a write is acknowledged once sent to the OSD, up to 24 MiB \
+                 in flight; a flush waits for them); its CPU column counts mon, mgr and OSD, not librbd."
             } else {
                 ""
             }
