@@ -339,7 +339,28 @@ EOF
 ceph_cli() { # CONF ARGS...
     local conf=$1
     shift
-    timeout 60 ceph -c "$conf" --connect-timeout 20 "$@"
+    timeout 60 ceph -c "$conf" --connect-timeout 10 "$@"
+}
+
+ceph_wait() { # CEPH-DIR NAME SECONDS COMMAND...: until COMMAND succeeds, while NAME runs
+    local c=$1 name=$2 secs=$3
+    shift 3
+    local end=$((SECONDS + secs)) pid
+    pid=$(cat "$c/pids/$name.pid")
+    until "$@" >/dev/null 2>&1; do
+        kill -0 "$pid" 2>/dev/null || die "$name exited; see its output, $name.out, in $c/log"
+        [ $SECONDS -lt $end ] || die "$name not ready after $secs s; see $c/log"
+        sleep 0.5
+    done
+}
+
+ceph_osd_up() { # CONF
+    ceph_cli "$1" osd stat | grep -q " 1 up"
+}
+
+rgw_auth() { # HEADERS-FILE
+    curl -fsS -o /dev/null -D "$1" -H "X-Auth-User: $CEPH_SWIFT_UID:swift" \
+        -H "X-Auth-Key: $CEPH_SWIFT_KEY" "http://127.0.0.1:$CEPH_RGW_PORT/auth/1.0"
 }
 
 ceph_spawn() { # CEPH-DIR NAME COMMAND...
@@ -354,16 +375,12 @@ cmd_ceph_start() {
     local dir=${1:?usage: ceph-start DIR}
     dir=$(cd "$dir" && pwd)
     local c=$dir/ceph
-    local conf=$c/ceph.conf i
+    local conf=$c/ceph.conf
     [ -f "$conf" ] && [ -f "$c/mon/store.db/CURRENT" ] \
         || die "not set up (run: $0 ceph-setup $dir)"
     cmd_ceph_stop "$dir" >/dev/null 2>&1 || true
     ceph_spawn "$c" ceph-mon ceph-mon -c "$conf" -i a -f
-    for i in $(seq 1 120); do
-        ceph_cli "$conf" mon stat >/dev/null 2>&1 && break
-        [ "$i" = 120 ] && die "ceph-mon not answering on 127.0.0.1:$CEPH_MON_V2_PORT; see $c/log"
-        sleep 0.5
-    done
+    ceph_wait "$c" ceph-mon 60 ceph_cli "$conf" mon stat
     ceph_spawn "$c" ceph-mgr ceph-mgr -c "$conf" -i x -f
     if [ ! -f "$c/osd/ready" ]; then
         # A fresh OSD: registered with the monitor, then its BlueStore file made.
@@ -380,11 +397,7 @@ cmd_ceph_start() {
         touch "$c/osd/ready"
     fi
     ceph_spawn "$c" ceph-osd ceph-osd -c "$conf" -i 0 -f
-    for i in $(seq 1 240); do
-        ceph_cli "$conf" osd stat 2>/dev/null | grep -q " 1 up" && break
-        [ "$i" = 240 ] && die "the OSD did not come up; see $c/log"
-        sleep 0.5
-    done
+    ceph_wait "$c" ceph-osd 120 ceph_osd_up "$conf"
     if ! ceph_cli "$conf" osd pool ls | grep -qx "$CEPH_RBD_POOL"; then
         ceph_cli "$conf" osd pool create "$CEPH_RBD_POOL" 32 32 >/dev/null 2>&1
         ceph_cli "$conf" osd pool application enable "$CEPH_RBD_POOL" rbd >/dev/null 2>&1
@@ -401,13 +414,7 @@ cmd_ceph_start() {
         --key-type swift --secret "$CEPH_SWIFT_KEY" >/dev/null
     ceph_spawn "$c" radosgw radosgw -c "$conf" -n client.rgw.bench -f
     local headers=$c/run/auth-headers
-    for i in $(seq 1 240); do
-        curl -fsS -o /dev/null -D "$headers" -H "X-Auth-User: $CEPH_SWIFT_UID:swift" \
-            -H "X-Auth-Key: $CEPH_SWIFT_KEY" "http://127.0.0.1:$CEPH_RGW_PORT/auth/1.0" \
-            2>/dev/null && break
-        [ "$i" = 240 ] && die "radosgw not answering on 127.0.0.1:$CEPH_RGW_PORT; see $c/log"
-        sleep 0.5
-    done
+    ceph_wait "$c" radosgw 120 rgw_auth "$headers"
     # radosgw makes its data pool on the first object written, which takes seconds
     # (pool creation, PG peering): one object written and removed, so that this is not
     # measured as the first PUTs' latency.

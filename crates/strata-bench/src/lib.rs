@@ -599,6 +599,7 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
         // The full plan writes up to about 14 GiB of objects.
         let osd_bytes = if a.quick { 12u64 << 30 } else { 24u64 << 30 };
         let started = peers::start_ceph(&work, osd_bytes).await;
+        let notes_before = rep.notes.len();
         match started {
             Ok(mut peer) => {
                 println!("Ceph: up in {:.0} s", t.elapsed().as_secs_f64());
@@ -623,6 +624,14 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
             Err(e) => {
                 println!("Ceph: {e:#}");
                 rep.notes.push(format!("Ceph: {e:#}"));
+            }
+        }
+        if rep.notes.len() > notes_before {
+            // The data goes, but the logs of a failed stage stay beside the results.
+            let logs = dir.join("ceph-log");
+            if peers::keep_ceph_logs(&work, &logs).is_ok_and(|n| n > 0) {
+                rep.notes
+                    .push(format!("Ceph's logs are kept in {}", logs.display()));
             }
         }
         peers::remove_ceph(&work);

@@ -410,6 +410,24 @@ pub async fn start_ceph(work: &Path, osd_bytes: u64) -> Result<Peer> {
     })
 }
 
+/// Copies the Ceph daemons' logs (and the script's outputs) from `work` into `dest`;
+/// returns how many files were copied.
+pub fn keep_ceph_logs(work: &Path, dest: &Path) -> Result<usize> {
+    std::fs::create_dir_all(dest)?;
+    let mut n = 0;
+    for e in std::fs::read_dir(work.join("ceph/log"))?.flatten() {
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), dest.join(e.file_name()))?;
+            n += 1;
+        }
+    }
+    let conf = work.join("ceph/ceph.conf");
+    if conf.exists() {
+        std::fs::copy(&conf, dest.join("ceph.conf"))?;
+    }
+    Ok(n)
+}
+
 /// Removes everything a Ceph run left under `work` (the BlueStore file included). Call
 /// once its processes are stopped.
 pub fn remove_ceph(work: &Path) {
