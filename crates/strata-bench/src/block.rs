@@ -1,14 +1,15 @@
-//! Block workloads against any NBD export, driven by fio's `nbd` engine: 4 KiB random reads
-//! and writes at queue depths 1 and 32 (writes also with a FLUSH after every write), and
-//! 1 MiB sequential reads and writes. The peers are qemu-nbd serving a raw file in the same
-//! filesystem (`--cache=none --aio=io_uring`) and a protocol ceiling (qemu-nbd over
-//! `null-co`, which stores nothing).
+//! Block workloads against any NBD export, driven by fio's `nbd` engine, or against a Ceph
+//! rbd image through fio's `rbd` engine: 4 KiB random reads and writes at queue depths 1
+//! and 32 (writes also with a FLUSH after every write), and 1 MiB sequential reads and
+//! writes. The peers are qemu-nbd serving a raw file in the same filesystem
+//! (`--cache=none --aio=io_uring`), a protocol ceiling (qemu-nbd over `null-co`, which
+//! stores nothing) and, optionally, an rbd image on a one-node Ceph.
 
 use crate::peers::{free_port, ProcGuard};
 use crate::procstat::{self, CpuSample};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,10 +48,55 @@ pub fn jobs() -> Vec<BlockJob> {
     ]
 }
 
+/// What fio drives: an NBD export, or an rbd image (through librbd, in fio's process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Device {
+    /// `nbd://host:port/export`.
+    Nbd(String),
+    /// An image in a pool of the cluster that `conf` describes, as `client.admin`.
+    Rbd {
+        conf: PathBuf,
+        pool: String,
+        image: String,
+    },
+}
+
+impl Device {
+    /// fio's arguments that select the engine and the device.
+    pub fn fio_args(&self) -> Vec<String> {
+        match self {
+            Device::Nbd(uri) => vec!["--ioengine=nbd".into(), format!("--uri={uri}")],
+            Device::Rbd { pool, image, .. } => vec![
+                "--ioengine=rbd".into(),
+                "--clientname=admin".into(),
+                format!("--pool={pool}"),
+                format!("--rbdname={image}"),
+            ],
+        }
+    }
+
+    /// The environment fio needs (librbd finds the cluster through `CEPH_CONF`).
+    pub fn fio_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Device::Nbd(_) => Vec::new(),
+            Device::Rbd { conf, .. } => vec![("CEPH_CONF", conf.display().to_string())],
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Nbd(uri) => f.write_str(uri),
+            Device::Rbd { pool, image, .. } => write!(f, "rbd:{pool}/{image}"),
+        }
+    }
+}
+
 /// One job against one export.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BlockResult {
-    /// `strata`, `qemu-nbd`, `null`.
+    /// `strata`, `qemu-nbd`, `null`, `ceph-rbd`.
     pub target: String,
     pub job: String,
     pub iops: f64,
@@ -84,7 +130,7 @@ fn parse(json: &str, rw: &str) -> Result<(f64, f64, f64, f64, f64, f64)> {
     ))
 }
 
-fn fio(uri: &str, j: &BlockJob, size: u64, runtime: Option<Duration>) -> Result<String> {
+fn fio(dev: &Device, j: &BlockJob, size: u64, runtime: Option<Duration>) -> Result<String> {
     let BlockJob {
         name,
         rw,
@@ -94,8 +140,8 @@ fn fio(uri: &str, j: &BlockJob, size: u64, runtime: Option<Duration>) -> Result<
     } = *j;
     let mut cmd = Command::new("fio");
     cmd.arg(format!("--name={name}"))
-        .arg("--ioengine=nbd")
-        .arg(format!("--uri={uri}"))
+        .args(dev.fio_args())
+        .envs(dev.fio_env())
         .arg(format!("--size={size}"))
         .arg(format!("--rw={rw}"))
         .arg(format!("--bs={bs}"))
@@ -115,7 +161,7 @@ fn fio(uri: &str, j: &BlockJob, size: u64, runtime: Option<Duration>) -> Result<
         .context("running fio (install it: apt-get install -y fio)")?;
     if !o.status.success() {
         bail!(
-            "fio {name} against {uri} failed: {}{}",
+            "fio {name} against {dev} failed: {}{}",
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         );
@@ -126,7 +172,7 @@ fn fio(uri: &str, j: &BlockJob, size: u64, runtime: Option<Duration>) -> Result<
 /// Writes the whole region once (reads must find data, not holes), then runs every job.
 pub fn run_target(
     target: &str,
-    uri: &str,
+    dev: &Device,
     region: u64,
     runtime: Duration,
     server_pids: &[u32],
@@ -141,7 +187,7 @@ pub fn run_target(
             iodepth: 8,
             flush: false,
         };
-        fio(uri, &fill, region, None)?;
+        fio(dev, &fill, region, None)?;
         println!(
             "{target:<8} prefilled {} MiB in {:.1} s",
             region >> 20,
@@ -151,7 +197,7 @@ pub fn run_target(
     let mut out = Vec::new();
     for j in jobs() {
         let before = CpuSample::take(server_pids);
-        let json = fio(uri, &j, region, Some(runtime))?;
+        let json = fio(dev, &j, region, Some(runtime))?;
         let after = CpuSample::take(server_pids);
         let (iops, mib_per_s, p50, p99, p999, ios) = parse(&json, j.rw)?;
         let cpu = before.seconds_until(&after);
@@ -253,6 +299,35 @@ mod tests {
             .any(|j| j.rw == "randwrite" && j.iodepth == 32 && j.flush));
         assert!(j.iter().any(|j| j.rw == "read" && j.block_size == 1 << 20));
         assert!(j.iter().all(|j| j.iodepth == 1 || j.iodepth >= 8));
+    }
+
+    #[test]
+    fn devices_select_fio_engines() {
+        let nbd = Device::Nbd("nbd://127.0.0.1:10809/bench".into());
+        assert_eq!(
+            nbd.fio_args(),
+            ["--ioengine=nbd", "--uri=nbd://127.0.0.1:10809/bench"]
+        );
+        assert!(nbd.fio_env().is_empty());
+        let rbd = Device::Rbd {
+            conf: "/w/ceph/ceph.conf".into(),
+            pool: "bench-rbd".into(),
+            image: "bench".into(),
+        };
+        assert_eq!(
+            rbd.fio_args(),
+            [
+                "--ioengine=rbd",
+                "--clientname=admin",
+                "--pool=bench-rbd",
+                "--rbdname=bench"
+            ]
+        );
+        assert_eq!(
+            rbd.fio_env(),
+            [("CEPH_CONF", "/w/ceph/ceph.conf".to_string())]
+        );
+        assert_eq!(rbd.to_string(), "rbd:bench-rbd/bench");
     }
 
     #[test]

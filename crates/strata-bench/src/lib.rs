@@ -1,5 +1,6 @@
 //! `strata bench`: an object load generator for any Swift endpoint, and the standard
-//! comparison of Strata with OpenStack Swift and the raw disk, in one command.
+//! comparison of Strata with OpenStack Swift, qemu-nbd, the raw disk and (optionally)
+//! Ceph, in one command.
 
 pub mod block;
 pub mod client;
@@ -57,12 +58,22 @@ pub struct SuiteArgs {
     pub skip_swift: bool,
     #[arg(long)]
     pub skip_fio: bool,
-    /// Skip the block workloads (NBD: Strata, qemu-nbd, null).
+    /// Skip the block workloads (NBD: Strata, qemu-nbd, null; rbd: Ceph).
     #[arg(long)]
     pub skip_block: bool,
-    /// Skip the object workloads (Strata's and Swift's): only the block stage and the raw disk.
+    /// Skip only the qemu-nbd and null-co block peers.
+    #[arg(long)]
+    pub skip_qemu_nbd: bool,
+    /// Skip the object workloads (Strata's, Swift's, Ceph's): only the block stage and the
+    /// raw disk.
     #[arg(long)]
     pub skip_object: bool,
+    /// Also measure a one-node Ceph (Debian's packages, installed when missing): radosgw's
+    /// Swift API through the object plan, an rbd image through fio's rbd engine. Adds a
+    /// few minutes; its data (a sparse BlueStore file of 12 GiB, 24 GiB for the full
+    /// plan) is removed at the end.
+    #[arg(long)]
+    pub with_ceph: bool,
 }
 
 /// One workload against a given endpoint.
@@ -427,7 +438,36 @@ fn strata_block(
         std::thread::sleep(Duration::from_millis(200));
     }
     out.extend(block::run_target(
-        "strata", &uri, region, runtime, pids, true,
+        "strata",
+        &block::Device::Nbd(uri),
+        region,
+        runtime,
+        pids,
+        true,
+    )?);
+    Ok(())
+}
+
+/// An rbd image of `region` bytes on the running Ceph, through fio's rbd engine.
+fn ceph_block(
+    peer: &peers::Peer,
+    region: u64,
+    runtime: Duration,
+    pids: &[u32],
+    out: &mut Vec<block::BlockResult>,
+) -> Result<()> {
+    let conf = peer
+        .ceph_conf
+        .clone()
+        .context("no config file for the Ceph cluster")?;
+    let image = peers::create_rbd_image(&conf, region)?;
+    let dev = block::Device::Rbd {
+        conf,
+        pool: peers::CEPH_RBD_POOL.into(),
+        image,
+    };
+    out.extend(block::run_target(
+        "ceph-rbd", &dev, region, runtime, pids, true,
     )?);
     Ok(())
 }
@@ -552,8 +592,55 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
         write_outputs(&dir, &rep)?;
     }
 
-    // 5. qemu-nbd on a raw file, and the null ceiling.
-    if !a.skip_block {
+    // 5. Ceph, optional: radosgw's Swift API, then an rbd image.
+    if a.with_ceph && !(a.skip_object && a.skip_block) {
+        println!("== Ceph (mon, mgr, one BlueStore OSD; radosgw's Swift API, then rbd)");
+        let t = Instant::now();
+        // The full plan writes up to about 14 GiB of objects.
+        let osd_bytes = if a.quick { 12u64 << 30 } else { 24u64 << 30 };
+        let started = peers::start_ceph(&work, osd_bytes).await;
+        let notes_before = rep.notes.len();
+        match started {
+            Ok(mut peer) => {
+                println!("Ceph: up in {:.0} s", t.elapsed().as_secs_f64());
+                let pids = peer.guard.pids();
+                if !a.skip_object {
+                    let r = run_steps("ceph", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
+                    if let Err(e) = r {
+                        println!("Ceph (radosgw): {e:#}");
+                        rep.notes.push(format!("Ceph (radosgw): {e:#}"));
+                    }
+                    write_outputs(&dir, &rep)?;
+                }
+                if !a.skip_block {
+                    let r = ceph_block(&peer, region, block_runtime, &pids, &mut rep.block);
+                    if let Err(e) = r {
+                        println!("Ceph (rbd): {e:#}");
+                        rep.notes.push(format!("Ceph (rbd): {e:#}"));
+                    }
+                }
+                peer.guard.stop();
+            }
+            Err(e) => {
+                println!("Ceph: {e:#}");
+                rep.notes.push(format!("Ceph: {e:#}"));
+            }
+        }
+        if rep.notes.len() > notes_before {
+            // The data goes, but the logs of a failed stage stay beside the results.
+            let logs = dir.join("ceph-log");
+            if peers::keep_ceph_logs(&work, &logs).is_ok_and(|n| n > 0) {
+                rep.notes
+                    .push(format!("Ceph's logs are kept in {}", logs.display()));
+            }
+        }
+        peers::remove_ceph(&work);
+        println!("Ceph stage: {:.0} s", t.elapsed().as_secs_f64());
+        write_outputs(&dir, &rep)?;
+    }
+
+    // 6. qemu-nbd on a raw file, and the null ceiling.
+    if !a.skip_block && !a.skip_qemu_nbd {
         println!("== qemu-nbd (raw file, --cache=none --aio=io_uring) and null-co");
         let file = work.join("qemu-nbd.raw");
         for (target, backing) in [("qemu-nbd", Some(file.as_path())), ("null", None)] {
@@ -561,7 +648,7 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
                 let pids = q.guard.pids();
                 let r = block::run_target(
                     target,
-                    &q.uri,
+                    &block::Device::Nbd(q.uri.clone()),
                     region,
                     block_runtime,
                     &pids,

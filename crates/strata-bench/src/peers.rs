@@ -1,5 +1,6 @@
-//! The servers under test: a one-node Strata and OpenStack Swift (Debian), each on
-//! loopback, each stopped by PID when its guard drops (also on error or panic).
+//! The servers under test: a one-node Strata, OpenStack Swift (Debian) and, optionally,
+//! a one-node Ceph (Debian), each on loopback, each stopped by PID when its guard drops
+//! (also on error or panic).
 
 use crate::client::{self, Endpoint};
 use crate::procstat;
@@ -15,6 +16,11 @@ pub const SWIFT_PROXY_PORT: u16 = 18081;
 pub const SWIFT_USER: &str = "bench:bench";
 pub const SWIFT_KEY: &str = "benchkey";
 pub const STRATA_USER: &str = "admin:admin";
+/// radosgw's port unless `CEPH_RGW_PORT` says otherwise (the script reads the same).
+pub const CEPH_RGW_PORT: u16 = 17480;
+pub const CEPH_USER: &str = "bench-ceph:swift";
+pub const CEPH_KEY: &str = "cephbenchkey";
+pub const CEPH_RBD_POOL: &str = "bench-rbd";
 
 /// Processes started for a peer; all of them (and their descendants) are stopped on drop.
 #[derive(Default)]
@@ -95,6 +101,8 @@ pub struct Peer {
     /// Strata only: its rpc address and NBD port.
     pub rpc_addr: Option<String>,
     pub nbd_port: Option<u16>,
+    /// Ceph only: the cluster's config file (for `rbd` and fio's rbd engine).
+    pub ceph_conf: Option<PathBuf>,
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
@@ -243,6 +251,7 @@ pub async fn start_strata(bin: &Path, work: &Path, capacity_bytes: u64) -> Resul
         guard,
         rpc_addr: Some(format!("127.0.0.1:{}", ports[2])),
         nbd_port: Some(ports[3]),
+        ceph_conf: None,
     })
 }
 
@@ -254,25 +263,64 @@ pub fn write_script(work: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs one command of the peers script; its stdout, or an error with both outputs.
+fn run_script(script: &Path, args: &[&str], env: &[(&str, String)]) -> Result<String> {
+    let o = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .stdin(Stdio::null())
+        .output()?;
+    if !o.status.success() {
+        bail!(
+            "bench-peers.sh {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Runs a `start` command of the peers script and takes charge of the processes it
+/// reports ("<name> <pid>" lines), also when it fails half way.
+fn start_script(
+    script: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    guard: &mut ProcGuard,
+) -> Result<()> {
+    let started = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .stdin(Stdio::null())
+        .output()?;
+    guard
+        .pids
+        .extend(started_pids(&String::from_utf8_lossy(&started.stdout)));
+    if !started.status.success() {
+        bail!(
+            "bench-peers.sh {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&started.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The PIDs in the script's "<name> <pid>" lines.
+fn started_pids(stdout: &str) -> Vec<u32> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect()
+}
+
 /// Installs (if missing), sets up and starts Swift under `work/swift`.
 pub async fn start_swift(work: &Path) -> Result<Peer> {
     let script = write_script(work)?;
-    let run = |args: &[&str]| -> Result<String> {
-        let o = Command::new("bash")
-            .arg(&script)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        if !o.status.success() {
-            bail!(
-                "bench-peers.sh {}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    };
+    let run = |args: &[&str]| run_script(&script, args, &[]);
     let work_s = work.display().to_string();
     run(&["install"])?;
     run(&["setup", &work_s])?;
@@ -284,23 +332,8 @@ pub async fn start_swift(work: &Path) -> Result<Peer> {
         }
     }
     let mut guard = ProcGuard::default();
-    // Record the PIDs even if start fails half way, so they are stopped.
-    let started = Command::new("bash")
-        .arg(&script)
-        .args(["start", &work_s])
-        .stdin(Stdio::null())
-        .output()?;
-    for line in String::from_utf8_lossy(&started.stdout).lines() {
-        if let Some(pid) = line.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
-            guard.pids.push(pid);
-        }
-    }
-    if !started.status.success() {
-        bail!(
-            "starting Swift: {}",
-            String::from_utf8_lossy(&started.stderr)
-        );
-    }
+    // The PIDs are recorded even if start fails half way, so they are stopped.
+    start_script(&script, &["start", &work_s], &[], &mut guard).context("starting Swift")?;
     let auth = format!("http://127.0.0.1:{SWIFT_PROXY_PORT}/auth/v1.0");
     let endpoint = wait_auth(
         &auth,
@@ -316,7 +349,109 @@ pub async fn start_swift(work: &Path) -> Result<Peer> {
         guard,
         rpc_addr: None,
         nbd_port: None,
+        ceph_conf: None,
     })
+}
+
+/// radosgw's port: `CEPH_RGW_PORT` from the environment (the script honours it too), or
+/// the default.
+pub fn ceph_rgw_port() -> u16 {
+    std::env::var("CEPH_RGW_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(CEPH_RGW_PORT)
+}
+
+/// Installs (if missing), sets up and starts a fresh one-node Ceph under `work/ceph`:
+/// ceph-mon, ceph-mgr, one BlueStore OSD on an `osd_bytes` sparse file, and radosgw,
+/// whose Swift API is the endpoint. Whatever an earlier run left there is removed first.
+pub async fn start_ceph(work: &Path, osd_bytes: u64) -> Result<Peer> {
+    let script = write_script(work)?;
+    let dir = work.join("ceph");
+    if dir.exists() {
+        // An interrupted run may have left daemons: stop them by their recorded PIDs.
+        let _ = run_script(&script, &["ceph-stop", &work.display().to_string()], &[]);
+        std::fs::remove_dir_all(&dir)?;
+    }
+    if let Some(free) = free_bytes(work) {
+        if free < osd_bytes + (2 << 30) {
+            bail!(
+                "Ceph's OSD file may grow to {} GiB and {} has {} GiB free: \
+                 free some space or point --work-dir at another filesystem",
+                osd_bytes >> 30,
+                work.display(),
+                free >> 30
+            );
+        }
+    }
+    let env = [("CEPH_OSD_BYTES", osd_bytes.to_string())];
+    let work_s = work.display().to_string();
+    run_script(&script, &["ceph-install"], &env)?;
+    run_script(&script, &["ceph-setup", &work_s], &env)?;
+    let mut guard = ProcGuard::default();
+    start_script(&script, &["ceph-start", &work_s], &env, &mut guard)
+        .with_context(|| format!("starting Ceph; see {}", dir.join("log").display()))?;
+    let auth = format!("http://127.0.0.1:{}/auth/1.0", ceph_rgw_port());
+    let endpoint = wait_auth(
+        &auth,
+        CEPH_USER,
+        CEPH_KEY,
+        Duration::from_secs(60),
+        &mut guard,
+    )
+    .await?;
+    Ok(Peer {
+        name: "ceph".into(),
+        endpoint,
+        guard,
+        rpc_addr: None,
+        nbd_port: None,
+        ceph_conf: Some(dir.join("ceph.conf")),
+    })
+}
+
+/// Copies the Ceph daemons' logs (and the script's outputs) from `work` into `dest`;
+/// returns how many files were copied.
+pub fn keep_ceph_logs(work: &Path, dest: &Path) -> Result<usize> {
+    std::fs::create_dir_all(dest)?;
+    let mut n = 0;
+    for e in std::fs::read_dir(work.join("ceph/log"))?.flatten() {
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), dest.join(e.file_name()))?;
+            n += 1;
+        }
+    }
+    let conf = work.join("ceph/ceph.conf");
+    if conf.exists() {
+        std::fs::copy(&conf, dest.join("ceph.conf"))?;
+    }
+    Ok(n)
+}
+
+/// Removes everything a Ceph run left under `work` (the BlueStore file included). Call
+/// once its processes are stopped.
+pub fn remove_ceph(work: &Path) {
+    let _ = std::fs::remove_dir_all(work.join("ceph"));
+}
+
+/// Creates the bench's rbd image of `size` bytes in the bench pool; returns its name.
+pub fn create_rbd_image(conf: &Path, size: u64) -> Result<String> {
+    let image = "bench";
+    let o = Command::new("rbd")
+        .arg("-c")
+        .arg(conf)
+        .args(["create", &format!("{CEPH_RBD_POOL}/{image}")])
+        .args(["--size", &format!("{}M", size.div_ceil(1 << 20))])
+        .stdin(Stdio::null())
+        .output()
+        .context("running rbd (install ceph-common)")?;
+    if !o.status.success() {
+        bail!(
+            "rbd create {CEPH_RBD_POOL}/{image}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(image.into())
 }
 
 #[cfg(test)]
@@ -346,6 +481,44 @@ mod tests {
     fn script_is_embedded() {
         assert!(PEERS_SCRIPT.contains("swift-ring-builder"));
         assert!(PEERS_SCRIPT.contains("mount_check = false"));
+    }
+
+    #[test]
+    fn script_sets_ceph_up_as_the_bench_expects() {
+        // The Rust side's constants and the script's defaults must agree.
+        for want in [
+            format!("CEPH_RGW_PORT=${{CEPH_RGW_PORT:-{CEPH_RGW_PORT}}}"),
+            format!("CEPH_RBD_POOL=${{CEPH_RBD_POOL:-{CEPH_RBD_POOL}}}"),
+            format!(
+                "CEPH_SWIFT_UID={}",
+                CEPH_USER.strip_suffix(":swift").unwrap()
+            ),
+            format!("CEPH_SWIFT_KEY=${{CEPH_SWIFT_KEY:-{CEPH_KEY}}}"),
+            "CEPH_OSD_BYTES=${CEPH_OSD_BYTES:-12884901888}".into(),
+            // Loopback only, no authentication, one replica, BlueStore on a file.
+            "rgw frontends = beast endpoint=127.0.0.1:$CEPH_RGW_PORT".into(),
+            "mon host = [v2:127.0.0.1:$CEPH_MON_V2_PORT,v1:127.0.0.1:$CEPH_MON_PORT]".into(),
+            "auth client required = none".into(),
+            "ms mon client mode = crc secure".into(),
+            "osd pool default size = 1".into(),
+            "mon allow pool size one = true".into(),
+            "bluestore block create = true".into(),
+            "rgw swift account in url = true".into(),
+        ] {
+            assert!(
+                PEERS_SCRIPT.contains(&want),
+                "bench-peers.sh lacks {want:?}"
+            );
+        }
+        for cmd in ["ceph-install)", "ceph-setup)", "ceph-start)", "ceph-stop)"] {
+            assert!(PEERS_SCRIPT.contains(cmd), "bench-peers.sh lacks {cmd}");
+        }
+    }
+
+    #[test]
+    fn reads_started_pids() {
+        let out = "ceph-mon 101\nceph-mgr 102\nnoise\nradosgw 104\n";
+        assert_eq!(started_pids(out), vec![101, 102, 104]);
     }
 
     #[test]

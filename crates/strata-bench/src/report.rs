@@ -20,10 +20,11 @@ pub struct Report {
     pub replicas: u32,
     /// The generator against the in-memory endpoint.
     pub ceiling: Vec<RunResult>,
-    /// Strata and Swift runs (`target` says which).
+    /// Strata, Swift and Ceph (radosgw) runs (`target`: `strata`, `swift`, `ceph`).
     pub runs: Vec<RunResult>,
     pub fio: Vec<FioResult>,
-    /// Block workloads over NBD: Strata (one replica), qemu-nbd, the null ceiling.
+    /// Block workloads: over NBD Strata (one replica), qemu-nbd, the null ceiling; and
+    /// Ceph's rbd (`ceph-rbd`) when measured.
     #[serde(default)]
     pub block: Vec<BlockResult>,
     /// Peers that could not be measured, and why.
@@ -102,7 +103,17 @@ fn opt(v: Option<f64>) -> String {
     v.map_or("-".into(), fmt_num)
 }
 
+/// The object servers, in column order: (target, label).
+const OBJECT_TARGETS: [(&str, &str); 3] =
+    [("strata", "Strata"), ("swift", "Swift"), ("ceph", "Ceph")];
+
 impl Report {
+    /// Whether any Ceph figure (radosgw or rbd) is in the report.
+    pub fn has_ceph(&self) -> bool {
+        self.runs.iter().any(|r| r.target == "ceph")
+            || self.block.iter().any(|b| b.target == "ceph-rbd")
+    }
+
     pub fn find(&self, target: &str, op: Op, size: u64, conc: usize) -> Option<&RunResult> {
         self.runs
             .iter()
@@ -254,48 +265,179 @@ impl Report {
             .find(|b| b.target == target && b.job == job)
     }
 
-    /// The block table: Strata / qemu-nbd / null ceiling per job, with ratios.
+    /// The block table: Strata / qemu-nbd / null ceiling per job, with ratios; Ceph's rbd
+    /// beside them when it was measured.
     fn block_markdown(&self, s: &mut String) {
         if self.block.is_empty() {
             return;
         }
-        let _ = writeln!(
-            s,
-            "\n## Block over NBD (fio nbd engine): Strata vs qemu-nbd vs null\n"
-        );
+        let rbd = self.block.iter().any(|b| b.target == "ceph-rbd");
+        if rbd {
+            let _ = writeln!(
+                s,
+                "\n## Block: Strata vs qemu-nbd vs null over NBD (fio nbd engine), Ceph rbd (fio rbd engine)\n"
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "\n## Block over NBD (fio nbd engine): Strata vs qemu-nbd vs null\n"
+            );
+        }
         let _ = writeln!(
             s,
             "Strata: one replica; writes are acknowledged from the node's write-back cache and a FLUSH makes them durable. \
              qemu-nbd: raw file, `--cache=none --aio=io_uring` (writes reach the disk's cache; only a FLUSH makes them durable). \
              null: qemu-nbd over `null-co` (stores nothing). Jobs run in the order listed: `seqread-1m-qd8-fresh` reads the \
-             region as the prefill wrote it, `seqread-1m-qd8` after the random writes rewrote much of it.\n"
+             region as the prefill wrote it, `seqread-1m-qd8` after the random writes rewrote much of it.{}\n",
+            if rbd {
+                " Ceph rbd: an image in a pool of size 1 on one BlueStore OSD, through librbd in fio's process \
+                 with its default cache (`writearound`: a write is acknowledged once sent to the OSD, up to 24 MiB \
+                 in flight; a flush waits for them); its CPU column counts mon, mgr and OSD, not librbd."
+            } else {
+                ""
+            }
         );
-        let _ = writeln!(s, "| job | Strata IOPS | qemu-nbd IOPS | Strata/qemu-nbd | null IOPS | Strata MiB/s | qemu-nbd MiB/s | Strata p50/p99 ms | qemu-nbd p50/p99 ms | Strata CPU ms/op | qemu-nbd CPU ms/op |");
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        // Columns: (header, cell of one job); Ceph's only when it was measured.
+        type Cell<'a> = Box<dyn Fn(&str) -> String + 'a>;
+        let iops = |t: &'static str| -> Cell {
+            Box::new(move |j| opt(self.block_result(t, j).map(|r| r.iops)))
+        };
+        let ratio = |t: &'static str| -> Cell {
+            Box::new(move |j| {
+                fmt_ratio(
+                    self.block_result("strata", j).map(|r| r.iops),
+                    self.block_result(t, j).map(|r| r.iops),
+                )
+            })
+        };
+        let mib = |t: &'static str| -> Cell {
+            Box::new(move |j| opt(self.block_result(t, j).map(|r| r.mib_per_s)))
+        };
+        let lat = |t: &'static str| -> Cell {
+            Box::new(move |j| {
+                self.block_result(t, j).map_or("-".into(), |r| {
+                    format!("{} / {}", fmt_num(r.lat_p50_ms), fmt_num(r.lat_p99_ms))
+                })
+            })
+        };
+        let cpu = |t: &'static str| -> Cell {
+            Box::new(move |j| opt(self.block_result(t, j).and_then(|r| r.server_cpu_ms_per_op)))
+        };
+        let mut cols: Vec<(&str, Cell)> = vec![
+            ("Strata IOPS", iops("strata")),
+            ("qemu-nbd IOPS", iops("qemu-nbd")),
+            ("Strata/qemu-nbd", ratio("qemu-nbd")),
+        ];
+        if rbd {
+            cols.push(("Ceph rbd IOPS", iops("ceph-rbd")));
+            cols.push(("Strata/Ceph rbd", ratio("ceph-rbd")));
+        }
+        cols.push(("null IOPS", iops("null")));
+        cols.push(("Strata MiB/s", mib("strata")));
+        cols.push(("qemu-nbd MiB/s", mib("qemu-nbd")));
+        if rbd {
+            cols.push(("Ceph rbd MiB/s", mib("ceph-rbd")));
+        }
+        cols.push(("Strata p50/p99 ms", lat("strata")));
+        cols.push(("qemu-nbd p50/p99 ms", lat("qemu-nbd")));
+        if rbd {
+            cols.push(("Ceph rbd p50/p99 ms", lat("ceph-rbd")));
+        }
+        cols.push(("Strata CPU ms/op", cpu("strata")));
+        cols.push(("qemu-nbd CPU ms/op", cpu("qemu-nbd")));
+        if rbd {
+            cols.push(("Ceph rbd CPU ms/op", cpu("ceph-rbd")));
+        }
+        let _ = write!(s, "| job |");
+        for (h, _) in &cols {
+            let _ = write!(s, " {h} |");
+        }
+        let _ = writeln!(s, "\n|---|{}", "---:|".repeat(cols.len()));
         for j in crate::block::jobs() {
-            let st = self.block_result("strata", j.name);
-            let q = self.block_result("qemu-nbd", j.name);
-            let n = self.block_result("null", j.name);
-            let lat = |r: Option<&BlockResult>| {
+            let _ = write!(s, "| {} |", j.name);
+            for (_, cell) in &cols {
+                let _ = write!(s, " {} |", cell(j.name));
+            }
+            let _ = writeln!(s);
+        }
+    }
+
+    /// The object table: Strata / Swift / raw disk per workload, with ratios; Ceph beside
+    /// them when it was measured.
+    fn objects_markdown(&self, s: &mut String) {
+        let ceph = self.runs.iter().any(|r| r.target == "ceph");
+        let _ = writeln!(
+            s,
+            "## Strata vs Swift{} vs raw disk\n",
+            if ceph { " vs Ceph" } else { "" }
+        );
+        let mut head = String::from("| workload | unit | Strata | Swift | Strata/Swift |");
+        if ceph {
+            head.push_str(" Ceph | Strata/Ceph |");
+        }
+        head.push_str(" raw disk | Strata/raw | Strata CPU ms/op | Swift CPU ms/op |");
+        if ceph {
+            head.push_str(" Ceph CPU ms/op |");
+        }
+        head.push_str(" Strata p50/p99 ms | Swift p50/p99 ms |");
+        if ceph {
+            head.push_str(" Ceph p50/p99 ms | errors S/W/C |");
+        } else {
+            head.push_str(" errors S/W |");
+        }
+        head.push_str(" load 1m |");
+        let ncols = head.matches(" |").count();
+        let _ = writeln!(s, "{head}\n|---|---|{}", "---:|".repeat(ncols - 2));
+        for (op, size, conc) in self.workloads() {
+            let [st, sw, ce] = OBJECT_TARGETS.map(|(t, _)| self.find(t, op, size, conc));
+            let raw = self.raw_disk(op, size);
+            let h = |r: Option<&RunResult>| r.map(headline);
+            let lat = |r: Option<&RunResult>| {
                 r.map_or("-".into(), |r| {
                     format!("{} / {}", fmt_num(r.lat_p50_ms), fmt_num(r.lat_p99_ms))
                 })
             };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                j.name,
-                opt(st.map(|r| r.iops)),
-                opt(q.map(|r| r.iops)),
-                fmt_ratio(st.map(|r| r.iops), q.map(|r| r.iops)),
-                opt(n.map(|r| r.iops)),
-                opt(st.map(|r| r.mib_per_s)),
-                opt(q.map(|r| r.mib_per_s)),
-                lat(st),
-                lat(q),
-                opt(st.and_then(|r| r.server_cpu_ms_per_op)),
-                opt(q.and_then(|r| r.server_cpu_ms_per_op)),
+            let cpu = |r: Option<&RunResult>| opt(r.and_then(|r| r.server_cpu_ms_per_op));
+            let errs = |r: Option<&RunResult>| r.map_or("-".into(), |r| r.errors.to_string());
+            let load = st.or(sw).or(ce).map(|r| r.load_1m);
+            let mut row = format!(
+                "| {} {} c{} | {} | {} | {} | {} |",
+                op.name(),
+                size_label(size),
+                conc,
+                unit(size),
+                opt(h(st)),
+                opt(h(sw)),
+                fmt_ratio(h(st), h(sw)),
             );
+            if ceph {
+                let _ = write!(row, " {} | {} |", opt(h(ce)), fmt_ratio(h(st), h(ce)));
+            }
+            let _ = write!(
+                row,
+                " {} | {} | {} | {} |",
+                opt(raw),
+                fmt_ratio(h(st), raw),
+                cpu(st),
+                cpu(sw)
+            );
+            if ceph {
+                let _ = write!(row, " {} |", cpu(ce));
+            }
+            let _ = write!(row, " {} | {} |", lat(st), lat(sw));
+            if ceph {
+                let _ = write!(
+                    row,
+                    " {} | {}/{}/{} |",
+                    lat(ce),
+                    errs(st),
+                    errs(sw),
+                    errs(ce)
+                );
+            } else {
+                let _ = write!(row, " {}/{} |", errs(st), errs(sw));
+            }
+            let _ = writeln!(s, "{row} {} |", opt(load));
         }
     }
 
@@ -312,60 +454,25 @@ impl Report {
             s,
             "Machine: {} cores, {:.1} GiB RAM, kernel {}, work dir on {}, load average {:.2} at start. \
              Strata: one node, {} replica(s). \
-             Swift: Debian packages, one device, 1 replica. Small objects in ops/s, large ones in MiB/s; \
+             Swift: Debian packages, one device, 1 replica.{} Small objects in ops/s, large ones in MiB/s; \
              CPU is server CPU (all processes of the server) per operation.\n",
             m.cores,
             m.mem_gib,
             m.kernel,
             m.filesystem_of_work_dir,
             m.load_1m_at_start,
-            self.replicas
+            self.replicas,
+            if self.has_ceph() {
+                " Ceph: Debian packages, one mon, one mgr, one BlueStore OSD on a file, pools of size 1, \
+                 radosgw's Swift API (its CPU: mon, mgr, OSD and radosgw)."
+            } else {
+                ""
+            }
         );
         for n in &self.notes {
             let _ = writeln!(s, "> {n}\n");
         }
-        let _ = writeln!(s, "## Strata vs Swift vs raw disk\n");
-        let _ = writeln!(
-            s,
-            "| workload | unit | Strata | Swift | Strata/Swift | raw disk | Strata/raw | Strata CPU ms/op | Swift CPU ms/op | Strata p50/p99 ms | Swift p50/p99 ms | errors S/W | load 1m |"
-        );
-        let _ = writeln!(
-            s,
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        );
-        for (op, size, conc) in self.workloads() {
-            let st = self.find("strata", op, size, conc);
-            let sw = self.find("swift", op, size, conc);
-            let raw = self.raw_disk(op, size);
-            let h = |r: Option<&RunResult>| r.map(headline);
-            let lat = |r: Option<&RunResult>| {
-                r.map_or("-".into(), |r| {
-                    format!("{} / {}", fmt_num(r.lat_p50_ms), fmt_num(r.lat_p99_ms))
-                })
-            };
-            let errs = |r: Option<&RunResult>| r.map_or("-".into(), |r| r.errors.to_string());
-            let load = st.or(sw).map(|r| r.load_1m);
-            let _ = writeln!(
-                s,
-                "| {} {} c{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} |",
-                op.name(),
-                size_label(size),
-                conc,
-                unit(size),
-                opt(h(st)),
-                opt(h(sw)),
-                fmt_ratio(h(st), h(sw)),
-                opt(raw),
-                fmt_ratio(h(st), raw),
-                opt(st.and_then(|r| r.server_cpu_ms_per_op)),
-                opt(sw.and_then(|r| r.server_cpu_ms_per_op)),
-                lat(st),
-                lat(sw),
-                errs(st),
-                errs(sw),
-                opt(load),
-            );
-        }
+        self.objects_markdown(&mut s);
         let _ = writeln!(
             s,
             "\n## Targets\n\n| target | measured | met |\n|---|---:|:---:|"
@@ -462,7 +569,7 @@ impl Report {
     /// Best MiB/s per object size, one series per (server, op), plus the ceiling.
     pub fn svg_size(&self) -> String {
         let mut series = Vec::new();
-        for (target, label) in [("strata", "Strata"), ("swift", "Swift")] {
+        for (target, label) in OBJECT_TARGETS {
             for op in [Op::Put, Op::Get] {
                 let mut sizes: Vec<u64> = self
                     .runs
@@ -512,7 +619,7 @@ impl Report {
     pub fn svg_concurrency(&self) -> String {
         let size = self.runs.iter().map(|r| r.size).max().unwrap_or(64 * MIB);
         let mut series = Vec::new();
-        for (target, label) in [("strata", "Strata"), ("swift", "Swift")] {
+        for (target, label) in OBJECT_TARGETS {
             for op in [Op::Put, Op::Get] {
                 let mut pts: Vec<(f64, f64)> = self
                     .runs
@@ -832,6 +939,121 @@ mod tests {
             .find(|x| x.0.starts_with("64 MiB GET MiB/s (best"))
             .unwrap();
         assert_eq!(get64.2, None);
+    }
+
+    fn block(target: &str, job: &str, iops: f64) -> BlockResult {
+        BlockResult {
+            target: target.into(),
+            job: job.into(),
+            iops,
+            mib_per_s: iops / 256.0,
+            lat_p50_ms: 0.5,
+            lat_p99_ms: 2.0,
+            lat_p999_ms: 4.0,
+            server_cpu_ms_per_op: Some(0.1),
+            load_1m: 1.0,
+        }
+    }
+
+    /// The lines of the Markdown table whose header starts with `head`.
+    fn table<'a>(md: &'a str, head: &str) -> Vec<&'a str> {
+        md.lines()
+            .skip_while(|l| !l.starts_with(head))
+            .take_while(|l| l.starts_with('|'))
+            .collect()
+    }
+
+    /// Every line of a table has as many cells as its header.
+    fn assert_rectangular(t: &[&str]) {
+        assert!(t.len() > 2, "{t:?}");
+        let n = t[0].matches('|').count();
+        for l in t {
+            assert_eq!(l.matches('|').count(), n, "{l}\nin\n{}", t.join("\n"));
+        }
+    }
+
+    #[test]
+    fn tables_without_ceph_keep_their_columns() {
+        let mut r = report();
+        r.block = vec![
+            block("strata", "randread-4k-qd32", 20000.0),
+            block("qemu-nbd", "randread-4k-qd32", 10000.0),
+        ];
+        assert!(!r.has_ceph());
+        let md = r.markdown();
+        assert!(md.contains("## Strata vs Swift vs raw disk\n"), "{md}");
+        let objects = table(&md, "| workload | unit | Strata | Swift |");
+        assert_eq!(
+            objects[0],
+            "| workload | unit | Strata | Swift | Strata/Swift | raw disk | Strata/raw | Strata CPU ms/op | Swift CPU ms/op | Strata p50/p99 ms | Swift p50/p99 ms | errors S/W | load 1m |"
+        );
+        assert_eq!(
+            objects[1],
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        assert_rectangular(&objects);
+        let blocks = table(&md, "| job | Strata IOPS");
+        assert_eq!(
+            blocks[0],
+            "| job | Strata IOPS | qemu-nbd IOPS | Strata/qemu-nbd | null IOPS | Strata MiB/s | qemu-nbd MiB/s | Strata p50/p99 ms | qemu-nbd p50/p99 ms | Strata CPU ms/op | qemu-nbd CPU ms/op |"
+        );
+        assert_rectangular(&blocks);
+        assert!(
+            md.contains("| randread-4k-qd32 | 20000 | 10000 | 2.00x | - | 78.1 | 39.1 |"),
+            "{md}"
+        );
+        assert!(!md.contains("Ceph"), "{md}");
+        assert!(!r.svg_size().contains("Ceph"));
+    }
+
+    #[test]
+    fn tables_with_ceph_show_it_with_ratios() {
+        let mut r = report();
+        r.runs.push(run("ceph", Op::Put, 4 * KIB, 16, 400.0, 2.5));
+        r.runs.push(run("ceph", Op::Put, 64 * MIB, 4, 2.5, 600.0));
+        r.block = vec![
+            block("strata", "randread-4k-qd32", 20000.0),
+            block("qemu-nbd", "randread-4k-qd32", 10000.0),
+            block("ceph-rbd", "randread-4k-qd32", 5000.0),
+        ];
+        assert!(r.has_ceph());
+        let md = r.markdown();
+        assert!(
+            md.contains("## Strata vs Swift vs Ceph vs raw disk\n"),
+            "{md}"
+        );
+        let objects = table(&md, "| workload | unit | Strata | Swift |");
+        assert!(objects[0].starts_with(
+            "| workload | unit | Strata | Swift | Strata/Swift | Ceph | Strata/Ceph | raw disk |"
+        ));
+        assert!(objects[0].contains(
+            "| Swift CPU ms/op | Ceph CPU ms/op | Strata p50/p99 ms | Swift p50/p99 ms | Ceph p50/p99 ms | errors S/W/C | load 1m |"
+        ));
+        assert_rectangular(&objects);
+        // 2000 / 400 = 5x; 640 / 160 MiB/s = 4x; no Ceph figure for GET: "-".
+        assert!(
+            md.contains("| PUT 4 KiB c16 | ops/s | 2000 | 140 | 14.3x | 400 | 5.00x | - | - | 0.30 | 7.80 | 2.50 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| PUT 64 MiB c4 | MiB/s | 640 | - | - | 160 | 4.00x | 800 | 0.80x |"),
+            "{md}"
+        );
+        assert!(md.contains("| GET 4 KiB c16 | ops/s | 5000 | 275 | 18.2x | - | - |"));
+        assert!(md.contains("| 0/0/0 | 1.50 |"));
+        let blocks = table(&md, "| job | Strata IOPS");
+        assert!(blocks[0].starts_with(
+            "| job | Strata IOPS | qemu-nbd IOPS | Strata/qemu-nbd | Ceph rbd IOPS | Strata/Ceph rbd | null IOPS |"
+        ));
+        assert_rectangular(&blocks);
+        assert!(
+            md.contains("| randread-4k-qd32 | 20000 | 10000 | 2.00x | 5000 | 4.00x | - |"),
+            "{md}"
+        );
+        assert!(md.contains("Ceph rbd (fio rbd engine)"));
+        let svg = r.svg_size();
+        assert!(svg.contains("Ceph PUT") && !svg.contains("Ceph GET"));
+        assert!(r.svg_concurrency().contains("Ceph PUT"));
     }
 
     #[test]
