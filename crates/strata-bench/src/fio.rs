@@ -19,7 +19,11 @@ pub struct FioResult {
     pub lat_p99_ms: f64,
 }
 
-/// The jobs: (name, rw, block size, engine, iodepth, direct, fdatasync).
+/// The disk's durable sequential rate: 1 MiB writes with an fdatasync after every this many.
+pub const DURABLE_SEQ_JOB: &str = "seq-write-fdatasync-64m";
+
+/// The jobs: (name, rw, block size, engine, iodepth, direct, fdatasync after every N writes
+/// (0: never)).
 fn jobs() -> Vec<(
     &'static str,
     &'static str,
@@ -27,7 +31,7 @@ fn jobs() -> Vec<(
     &'static str,
     u32,
     bool,
-    bool,
+    u32,
 )> {
     vec![
         (
@@ -37,19 +41,12 @@ fn jobs() -> Vec<(
             "io_uring",
             8,
             true,
-            false,
+            0,
         ),
-        (
-            "seq-read-io_uring",
-            "read",
-            1 << 20,
-            "io_uring",
-            8,
-            true,
-            false,
-        ),
-        ("seq-write-psync", "write", 1 << 20, "psync", 1, true, false),
-        ("seq-read-psync", "read", 1 << 20, "psync", 1, true, false),
+        ("seq-read-io_uring", "read", 1 << 20, "io_uring", 8, true, 0),
+        ("seq-write-psync", "write", 1 << 20, "psync", 1, true, 0),
+        ("seq-read-psync", "read", 1 << 20, "psync", 1, true, 0),
+        (DURABLE_SEQ_JOB, "write", 1 << 20, "io_uring", 8, true, 64),
         (
             "write-4k-fdatasync-qd1",
             "write",
@@ -57,7 +54,7 @@ fn jobs() -> Vec<(
             "psync",
             1,
             false,
-            true,
+            1,
         ),
     ]
 }
@@ -82,8 +79,8 @@ pub fn run_all(dir: &Path, file_size: u64, runtime: Duration) -> Result<Vec<FioR
                 .arg(format!("--runtime={}", runtime.as_secs().max(1)))
                 .arg("--time_based")
                 .arg("--output-format=json");
-            if fdatasync {
-                cmd.arg("--fdatasync=1");
+            if fdatasync > 0 {
+                cmd.arg(format!("--fdatasync={fdatasync}"));
             }
             let o = cmd
                 .output()

@@ -225,6 +225,25 @@ impl Report {
                 frac.map_or("-".into(), fmt_num),
                 frac.map(|f| f >= 0.8),
             ));
+            if op == Op::Put {
+                // Every acknowledged PUT is durable: the rate at which this disk makes
+                // sequential writes durable is the limit that applies (no pass or fail).
+                let durable = match (s, self.fio(crate::fio::DURABLE_SEQ_JOB)) {
+                    (Some(s), Some(f)) if f.mib_per_s > 0.0 => {
+                        Some(s / (f.mib_per_s / self.replicas.max(1) as f64))
+                    }
+                    _ => None,
+                };
+                out.push((
+                    format!(
+                        "64 MiB PUT MiB/s against the disk's durable sequential rate / replicas \
+                         ({}, for reference)",
+                        crate::fio::DURABLE_SEQ_JOB
+                    ),
+                    durable.map_or("-".into(), fmt_num),
+                    None,
+                ));
+            }
         }
         for job in ["randread-4k-qd32", "randwrite-4k-qd32"] {
             let ratio = match (
