@@ -18,6 +18,7 @@ pub mod insync;
 pub mod records;
 pub mod registry;
 pub mod resync;
+mod syncs;
 
 pub use insync::InSync;
 pub use records::{
@@ -30,7 +31,6 @@ use bytes::{Bytes, BytesMut};
 use cache::{Batch, Cache, Take, PIPELINE};
 use futures::future::{join_all, BoxFuture, FutureExt};
 use futures::StreamExt;
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,7 @@ use strata_data::{DataError, DataPlane, Replica};
 use strata_disk::{BLOCKS_PER_WRITE_MAX, BLOCK_BYTES};
 use strata_meta::MetaError;
 use strata_nbd::{BlockSizes, BlockTarget, Extent, NbdError, NbdResult};
-use strata_types::DiskId;
+use syncs::SyncGroup;
 
 /// Bytes of one extent: the unit of placement.
 pub const EXTENT_BYTES: u64 = 4 << 20;
@@ -81,10 +81,7 @@ struct Io {
     closed: AtomicBool,
     /// Local disks holding writes of this volume that were answered before they were durable
     /// (see [`Io::write_blocks`]); a flush syncs them.
-    unsynced: std::sync::Mutex<BTreeSet<DiskId>>,
-    /// One flush syncs those disks at a time, so a flush never returns while an earlier one
-    /// still syncs a disk it took from the set.
-    syncing: tokio::sync::Mutex<()>,
+    unsynced: SyncGroup,
 }
 
 /// A piece of a request that stays inside one extent and one disk request.
@@ -152,8 +149,7 @@ impl Volume {
                 insync,
                 cache: Cache::new(spec.id),
                 closed: AtomicBool::new(false),
-                unsynced: Default::default(),
-                syncing: Default::default(),
+                unsynced: SyncGroup::default(),
             }),
             spec: tokio::sync::RwLock::new(spec),
         })
@@ -275,20 +271,15 @@ impl Io {
 
     /// Sync the local disks that took unsynced writes of this volume.
     async fn sync_disks(&self) -> NbdResult<()> {
-        let _one = self.syncing.lock().await;
-        let disks = std::mem::take(&mut *self.lock_unsynced());
-        for (i, disk) in disks.iter().enumerate() {
-            if let Err(e) = self.data.local_sync(*disk).await {
-                tracing::error!(disk, error = %e, "cannot sync a disk holding volume writes");
-                self.lock_unsynced().extend(disks.iter().skip(i));
-                return Err(io_err(e));
-            }
-        }
-        Ok(())
-    }
-
-    fn lock_unsynced(&self) -> std::sync::MutexGuard<'_, BTreeSet<DiskId>> {
-        self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
+        self.unsynced
+            .sync(|disk| async move {
+                self.data.local_sync(disk).await.map_err(|e| {
+                    tracing::error!(disk, error = %e, "cannot sync a disk holding volume writes");
+                    e.to_string()
+                })
+            })
+            .await
+            .map_err(NbdError::Io)
     }
 
     /// Write cached blocks out until nothing is dirty: each batch takes every dirty block no
@@ -377,7 +368,7 @@ impl Io {
         let replicas = self.replicas(layer, extent)?;
         if let [r] = replicas[..] {
             if !durable && r.node == self.data.node_id() {
-                self.lock_unsynced().insert(r.disk);
+                self.unsynced.note(r.disk);
                 let res = self
                     .data
                     .local_write_block_parts_unsynced(r.disk, layer, blocks, data)
