@@ -20,7 +20,7 @@ use crate::index::{self, BlockEntry, ChunkEntry, CF_BLOCKS, CF_CHUNKS, CF_RECORD
 use crate::io::IoEngine;
 use crate::{DiskError, Record, Result};
 use rocksdb::{WriteBatch, WriteOptions, DB};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -425,7 +425,9 @@ impl Committer {
         // Current state as of the ops planned so far: `None` = absent.
         let mut chunk_state: HashMap<ChunkId, Option<Extent>> = HashMap::new();
         let mut record_state: HashMap<&[u8], Option<u64>> = HashMap::new();
-        let mut block_state: HashMap<(u64, u64), Option<BlockEntry>> = HashMap::new();
+        // Ordered, not hashed: a round carries up to hundreds of thousands of mostly
+        // adjacent blocks, and a trim asks for a range of them.
+        let mut block_state: BTreeMap<(u64, u64), Option<BlockEntry>> = BTreeMap::new();
 
         for op in batch {
             let outcome = match op {
@@ -606,7 +608,7 @@ impl Committer {
     /// The data-area block a volume block currently occupies (`None`: a hole).
     fn block_entry(
         &self,
-        state: &mut HashMap<(u64, u64), Option<BlockEntry>>,
+        state: &mut BTreeMap<(u64, u64), Option<BlockEntry>>,
         blocks: &rocksdb::ColumnFamily,
         volume: u64,
         block: u64,
@@ -637,7 +639,7 @@ impl Committer {
     /// the committed index plus the ops planned so far.
     fn blocks_in(
         &self,
-        state: &HashMap<(u64, u64), Option<BlockEntry>>,
+        state: &BTreeMap<(u64, u64), Option<BlockEntry>>,
         blocks: &rocksdb::ColumnFamily,
         volume: u64,
         first: u64,
@@ -661,10 +663,8 @@ impl Committer {
             };
             found.insert(block, BlockEntry::decode(&v).map(|e| e.addr));
         }
-        for (&(v, b), entry) in state {
-            if v == volume && (first..end).contains(&b) {
-                found.insert(b, entry.map(|e| e.addr));
-            }
+        for (&(_, b), entry) in state.range((volume, first)..(volume, end)) {
+            found.insert(b, entry.map(|e| e.addr));
         }
         Ok(found
             .into_iter()

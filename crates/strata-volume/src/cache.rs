@@ -44,8 +44,9 @@ struct Entry {
     covers: u64,
     /// Exactly one block.
     data: Bytes,
-    /// A batch in flight is writing this block (`State::inflight` holds it): the next
-    /// batch leaves it alone. Entries not in flight are also in `State::ready`.
+    /// A batch in flight is writing this block: the next batch leaves it alone, so two
+    /// versions of a block are never on their way to the disks at once. Entries not in
+    /// flight are also in `State::ready`.
     inflight: bool,
 }
 
@@ -61,9 +62,11 @@ struct State {
     covers: BTreeMap<u64, u32>,
     /// Bytes of `entries`.
     bytes: usize,
-    /// Blocks a batch in flight is writing; the next batch leaves them alone, so two
-    /// versions of a block are never on their way to the disks at once.
-    inflight: HashSet<u64>,
+    /// Blocks batches in flight are writing.
+    inflight: usize,
+    /// Blocks a batch in flight is writing whose entries were dropped meanwhile (a reset):
+    /// a new version of one waits for that batch. Almost always empty.
+    dropped_inflight: HashSet<u64>,
     /// The last write taken in.
     seq: u64,
     /// Every write up to this one is durable (or was superseded by a durable change).
@@ -106,7 +109,8 @@ impl State {
             None => {
                 // A block dropped from the cache while a batch was writing it is still in
                 // flight.
-                let inflight = self.inflight.contains(&block);
+                let inflight =
+                    !self.dropped_inflight.is_empty() && self.dropped_inflight.remove(&block);
                 if !inflight {
                     self.ready.insert(block);
                 }
@@ -127,7 +131,9 @@ impl State {
 
     fn remove(&mut self, block: u64) {
         if let Some(e) = self.entries.remove(&block) {
-            if !e.inflight {
+            if e.inflight {
+                self.dropped_inflight.insert(block);
+            } else {
                 self.ready.remove(&block);
             }
             self.count_covers(e.covers, false);
@@ -136,6 +142,13 @@ impl State {
     }
 
     fn clear(&mut self) {
+        let dropped: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.inflight)
+            .map(|(b, _)| *b)
+            .collect();
+        self.dropped_inflight.extend(dropped);
         self.entries.clear();
         self.ready.clear();
         self.covers.clear();
@@ -176,7 +189,8 @@ impl Cache {
                 ready: BTreeSet::new(),
                 covers: BTreeMap::new(),
                 bytes: 0,
-                inflight: HashSet::new(),
+                inflight: 0,
+                dropped_inflight: HashSet::new(),
                 seq: 0,
                 written: 0,
                 failures: 0,
@@ -298,12 +312,12 @@ impl Cache {
     /// what is dirty instead (the volume is gone and its writes keep failing).
     pub fn take(&self, give_up: bool) -> Take {
         let mut s = self.lock();
-        if give_up && s.failing > 0 && s.inflight.is_empty() {
+        if give_up && s.failing > 0 && s.inflight == 0 {
             tracing::error!(layer = s.layer, dirty = s.bytes,
                 "volume no longer served and its writeback keeps failing; unflushed writes are lost");
             s.clear();
         }
-        if s.entries.is_empty() && s.inflight.is_empty() {
+        if s.entries.is_empty() && s.inflight == 0 {
             s.recompute_written();
             s.running = false;
             drop(s);
@@ -328,7 +342,7 @@ impl Cache {
         if blocks.is_empty() {
             return Take::Busy;
         }
-        s.inflight.extend(blocks.iter().map(|(b, _, _)| *b));
+        s.inflight += blocks.len();
         Take::Batch(Batch {
             layer: s.layer,
             blocks,
@@ -339,11 +353,17 @@ impl Cache {
     /// to be durable).
     pub fn finish(&self, blocks: &[(u64, u64, Bytes)], error: Option<String>) {
         let mut s = self.lock();
+        s.inflight -= blocks.len();
         for (block, seq, _) in blocks {
-            s.inflight.remove(block);
-            if let Some(e) = s.entries.get_mut(block) {
-                e.inflight = false;
-                s.ready.insert(*block);
+            match s.entries.get_mut(block) {
+                Some(e) if e.inflight => {
+                    e.inflight = false;
+                    s.ready.insert(*block);
+                }
+                Some(_) => {}
+                None => {
+                    s.dropped_inflight.remove(block);
+                }
             }
             if error.is_some() {
                 continue;
