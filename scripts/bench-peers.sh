@@ -61,20 +61,28 @@ PACKAGES=(swift swift-proxy swift-object swift-account swift-container memcached
 
 die() { echo "bench-peers: $*" >&2; exit 1; }
 
-cmd_install() {
+# install_missing WHAT [APT-OPTION ...] -- PACKAGE ...: install the packages that are not
+# installed yet.
+install_missing() {
+    local what=$1; shift
+    local opts=()
+    while [ "$1" != "--" ]; do opts+=("$1"); shift; done
+    shift
     local missing=()
-    for p in "${PACKAGES[@]}"; do
+    for p in "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
             || missing+=("$p")
     done
     if [ ${#missing[@]} -eq 0 ]; then
-        echo "bench-peers: packages already installed"
+        echo "bench-peers: $what packages already installed"
         return
     fi
     echo "bench-peers: installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${opts[@]}" "${missing[@]}"
 }
+
+cmd_install() { install_missing Swift -- "${PACKAGES[@]}"; }
 
 write_server_conf() { # FILE PORT WORKERS APP-SECTION
     local file=$1 port=$2 workers=$3 app=$4
@@ -245,20 +253,7 @@ CEPH_SWIFT_UID=bench-ceph
 CEPH_SWIFT_KEY=${CEPH_SWIFT_KEY:-cephbenchkey}
 CEPH_PACKAGES=(ceph-mon ceph-osd ceph-mgr radosgw ceph-common fio)
 
-cmd_ceph_install() {
-    local missing=()
-    for p in "${CEPH_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
-            || missing+=("$p")
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
-        echo "bench-peers: Ceph packages already installed"
-        return
-    fi
-    echo "bench-peers: installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-}
+cmd_ceph_install() { install_missing Ceph --no-install-recommends -- "${CEPH_PACKAGES[@]}"; }
 
 cmd_ceph_setup() {
     local dir=${1:?usage: ceph-setup DIR}

@@ -392,6 +392,13 @@ fn write_outputs(dir: &Path, r: &Report) -> Result<()> {
     Ok(())
 }
 
+/// A stage that failed: said on the console and kept as a note of the report (the run goes
+/// on).
+fn note_failure(rep: &mut Report, what: &str, e: &anyhow::Error) {
+    println!("{what}: {e:#}");
+    rep.notes.push(format!("{what}: {e:#}"));
+}
+
 /// A volume on the running Strata node, exported over NBD, through the block plan.
 fn strata_block(
     bin: &Path,
@@ -562,8 +569,7 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
         .await;
         let _ = std::fs::remove_dir_all(work.join("strata/data"));
         if let Err(e) = r {
-            println!("Strata: {e:#}");
-            rep.notes.push(format!("Strata: {e:#}"));
+            note_failure(&mut rep, "Strata", &e);
         }
         write_outputs(&dir, &rep)?;
     }
@@ -586,8 +592,7 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
             }
         }
         if let Err(e) = r {
-            println!("Swift: {e:#}");
-            rep.notes.push(format!("Swift: {e:#}"));
+            note_failure(&mut rep, "Swift", &e);
         }
         write_outputs(&dir, &rep)?;
     }
@@ -607,23 +612,20 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
                 if !a.skip_object {
                     let r = run_steps("ceph", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
                     if let Err(e) = r {
-                        println!("Ceph (radosgw): {e:#}");
-                        rep.notes.push(format!("Ceph (radosgw): {e:#}"));
+                        note_failure(&mut rep, "Ceph (radosgw)", &e);
                     }
                     write_outputs(&dir, &rep)?;
                 }
                 if !a.skip_block {
                     let r = ceph_block(&peer, region, block_runtime, &pids, &mut rep.block);
                     if let Err(e) = r {
-                        println!("Ceph (rbd): {e:#}");
-                        rep.notes.push(format!("Ceph (rbd): {e:#}"));
+                        note_failure(&mut rep, "Ceph (rbd)", &e);
                     }
                 }
                 peer.guard.stop();
             }
             Err(e) => {
-                println!("Ceph: {e:#}");
-                rep.notes.push(format!("Ceph: {e:#}"));
+                note_failure(&mut rep, "Ceph", &e);
             }
         }
         if rep.notes.len() > notes_before {
@@ -660,8 +662,7 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
             match r {
                 Ok(v) => rep.block.extend(v),
                 Err(e) => {
-                    println!("{target}: {e:#}");
-                    rep.notes.push(format!("{target}: {e:#}"));
+                    note_failure(&mut rep, target, &e);
                 }
             }
         }

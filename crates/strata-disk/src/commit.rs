@@ -324,9 +324,9 @@ impl Committer {
         };
 
         let gen = self.gen.load(Ordering::Relaxed);
-        let gen_used = self.gen_used.load(Ordering::Relaxed)
-            || !deferred.is_empty()
-            || (!synced && !wb.is_empty());
+        // Entries of generation `gen` exist if an earlier unsynced round wrote some or this
+        // one does (an unsynced round's batch holds only such entries).
+        let gen_used = self.gen_used.load(Ordering::Relaxed) || (!synced && !wb.is_empty());
         if synced && gen_used {
             match index::cf(&self.db, index::CF_META) {
                 Ok(meta) => wb.put_cf(meta, index::META_SYNCED_GEN, gen.to_be_bytes()),

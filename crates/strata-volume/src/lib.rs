@@ -265,6 +265,12 @@ impl Io {
     async fn flush(self: &Arc<Self>) -> NbdResult<()> {
         let seq = self.cache.seq();
         self.kick();
+        self.wait_durable(seq).await
+    }
+
+    /// Wait until every write up to `seq` is written back, then sync the local disks that
+    /// took some of them unsynced.
+    async fn wait_durable(&self, seq: u64) -> NbdResult<()> {
         self.cache.wait_written(seq).await.map_err(NbdError::Io)?;
         self.sync_disks().await
     }
@@ -584,12 +590,7 @@ impl BlockTarget for Volume {
                 seq
             };
             if fua {
-                self.io
-                    .cache
-                    .wait_written(seq)
-                    .await
-                    .map_err(NbdError::Io)?;
-                self.io.sync_disks().await?;
+                self.io.wait_durable(seq).await?;
             }
             Ok(())
         }
