@@ -131,8 +131,8 @@ impl Peers {
         if !resp.found {
             return Ok(None);
         }
-        // The bytes crossed the network: check them against the hash the
-        // owner verified on its disk.
+        // The bytes crossed the network: check them against the hash recorded
+        // when the chunk was written, so the check spans disk and transfer.
         if blake3::hash(&resp.data).as_bytes().as_slice() != resp.blake3.as_slice() {
             return Err(DataError::Disk(strata_disk::DiskError::Corrupt {
                 chunk: id,

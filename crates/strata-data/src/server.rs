@@ -65,12 +65,13 @@ impl Storage for StorageService {
     ) -> Result<Response<pb::PutChunkResponse>, Status> {
         let req = req.into_inner();
         let id = chunk_id(&req.chunk_id)?;
-        if blake3::hash(&req.data).as_bytes().as_slice() != req.blake3.as_slice() {
+        let hash = *blake3::hash(&req.data).as_bytes();
+        if hash.as_slice() != req.blake3.as_slice() {
             tracing::warn!(chunk = ?id, "refusing a chunk whose bytes do not match its hash");
             return Err(Status::data_loss("chunk bytes do not match their blake3"));
         }
         self.disk(req.disk_id)?
-            .put_chunk(id, Bytes::from(req.data))
+            .put_chunk_hashed(id, Bytes::from(req.data), hash)
             .await
             .map_err(disk_status)?;
         Ok(Response::new(pb::PutChunkResponse {}))
@@ -84,13 +85,13 @@ impl Storage for StorageService {
         let id = chunk_id(&req.chunk_id)?;
         let found = self
             .disk(req.disk_id)?
-            .get_chunk(id)
+            .get_chunk_with_hash(id)
             .await
             .map_err(disk_status)?;
         Ok(Response::new(match found {
-            Some(data) => pb::GetChunkResponse {
+            Some((data, blake3)) => pb::GetChunkResponse {
                 found: true,
-                blake3: blake3::hash(&data).as_bytes().to_vec(),
+                blake3: blake3.to_vec(),
                 data: data.to_vec(),
             },
             None => pb::GetChunkResponse::default(),

@@ -55,11 +55,11 @@ pub(crate) struct ChunkEntry {
 const CHUNK_HEADER: usize = 1 + 8 + 4 + 32;
 
 impl ChunkEntry {
-    pub(crate) fn for_data(offset: u64, data: &[u8]) -> Self {
+    pub(crate) fn for_data(offset: u64, data: &[u8], blake3: [u8; 32]) -> Self {
         ChunkEntry {
             offset,
             len: data.len() as u32,
-            blake3: *blake3::hash(data).as_bytes(),
+            blake3,
             crcs: data.chunks(BLOCK).map(crc32c::crc32c).collect(),
         }
     }
@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn chunk_entry_roundtrip_and_rejects_garbage() {
         let data = vec![5u8; 9000];
-        let e = ChunkEntry::for_data(8192, &data);
+        let e = ChunkEntry::for_data(8192, &data, *blake3::hash(&data).as_bytes());
         assert_eq!(e.crcs.len(), 3);
         let enc = e.encode();
         assert_eq!(ChunkEntry::decode(&enc), Some(e.clone()));
@@ -215,7 +215,7 @@ mod tests {
         bad[8] = 1;
         assert_eq!(ChunkEntry::decode(&bad), None);
         assert_eq!(ChunkEntry::decode(&[]), None);
-        let empty = ChunkEntry::for_data(0, &[]);
+        let empty = ChunkEntry::for_data(0, &[], *blake3::hash(&[]).as_bytes());
         assert_eq!(ChunkEntry::decode(&empty.encode()), Some(empty));
     }
 

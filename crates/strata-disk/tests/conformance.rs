@@ -99,6 +99,12 @@ async fn roundtrip_sizes(b: Backend) {
             Some(&data[..]),
             "len {len}"
         );
+        // The hash recorded at write time comes back with the bytes, for transfers.
+        let (read, hash) = disk.get_chunk_with_hash(cid).await.unwrap().unwrap();
+        assert_eq!(
+            (&read[..], &hash),
+            (&data[..], blake3::hash(&data).as_bytes())
+        );
     }
     assert_eq!(disk.usage().chunks, SIZES.len() as u64);
     // Overwrite each with a different size, then delete every other one.
