@@ -492,11 +492,7 @@ impl Committer {
                     crcs,
                     ..
                 } => {
-                    let olds: Result<Vec<Option<BlockEntry>>> = numbers
-                        .iter()
-                        .map(|&b| self.block_entry(&mut block_state, blocks, *volume, b))
-                        .collect();
-                    match olds {
+                    match self.block_entries(&mut block_state, blocks, *volume, numbers) {
                         Ok(olds) => {
                             for (i, (old, crc)) in olds.into_iter().zip(crcs).enumerate() {
                                 let block = numbers[i];
@@ -633,6 +629,69 @@ impl Committer {
         };
         state.insert((volume, block), current);
         Ok(current)
+    }
+
+    /// [`Committer::block_entry`] for each of `numbers`. A run of consecutive blocks is read
+    /// with one seek through the index rather than a lookup per block: a 1 MiB write is 256
+    /// blocks, and per-block lookups were the largest part of the index's CPU on that path.
+    fn block_entries(
+        &self,
+        state: &mut BTreeMap<(u64, u64), Option<BlockEntry>>,
+        blocks: &rocksdb::ColumnFamily,
+        volume: u64,
+        numbers: &[u64],
+    ) -> Result<Vec<Option<BlockEntry>>> {
+        const RUN_MIN: usize = 4;
+        let mut out = Vec::with_capacity(numbers.len());
+        let mut i = 0;
+        while i < numbers.len() {
+            let first = numbers[i];
+            let mut len = 1;
+            while i + len < numbers.len() && numbers[i + len] == first.wrapping_add(len as u64) {
+                len += 1;
+            }
+            let run = &numbers[i..i + len];
+            i += len;
+            if len < RUN_MIN || run.iter().all(|b| state.contains_key(&(volume, *b))) {
+                for &b in run {
+                    out.push(self.block_entry(state, blocks, volume, b)?);
+                }
+                continue;
+            }
+            // The committed entries of the run, in block order, then the planned ones over them.
+            let mut stored: Vec<Option<BlockEntry>> = vec![None; len];
+            let from = index::block_key(volume, first);
+            let mut opts = rocksdb::ReadOptions::default();
+            opts.set_iterate_upper_bound(
+                index::block_key(volume, first.saturating_add(len as u64)).to_vec(),
+            );
+            let mut it = self.db.raw_iterator_cf_opt(blocks, opts);
+            it.seek(from);
+            while it.valid() {
+                let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                    break;
+                };
+                if let Some((vol, b)) = index::decode_block_key(k) {
+                    if vol == volume && b >= first && b - first < len as u64 {
+                        stored[(b - first) as usize] = BlockEntry::decode(v).or_else(|| {
+                            tracing::warn!(
+                                volume,
+                                block = b,
+                                "replacing an undecodable block index entry"
+                            );
+                            None
+                        });
+                    }
+                }
+                it.next();
+            }
+            it.status().map_err(index::index_err)?;
+            for (&b, committed) in run.iter().zip(stored) {
+                let current = *state.entry((volume, b)).or_insert(committed);
+                out.push(current);
+            }
+        }
+        Ok(out)
     }
 
     /// Volume blocks in `first..first + count` that hold data, with their addresses, as of

@@ -66,6 +66,53 @@ fn a_small_write_inside_a_large_one_changes_only_its_block() {
 }
 
 #[test]
+fn a_large_write_over_scattered_blocks_frees_each_of_them() {
+    for_both(|dir, syscall| {
+        rt().block_on(async {
+            let d = open(dir, syscall);
+            // Neighbouring volumes' blocks sort next to volume 7's in the index.
+            d.write_blocks(6, 400, Bytes::from(pattern(9, 2)))
+                .await
+                .expect("volume 6");
+            d.write_blocks(8, 0, Bytes::from(pattern(10, 2)))
+                .await
+                .expect("volume 8");
+            for (i, b) in [100u64, 101, 150, 200, 201, 202, 203, 300]
+                .iter()
+                .enumerate()
+            {
+                d.write_blocks(7, *b, Bytes::from(pattern(20 + i as u64, 1)))
+                    .await
+                    .expect("scattered write");
+            }
+            let used_before = d.usage().used_bytes;
+            let big = pattern(3, 200);
+            d.write_blocks(7, 100, Bytes::from(big.clone()))
+                .await
+                .expect("large write");
+            // 7 scattered blocks replaced and freed, 193 new ones; block 300 stays.
+            assert_eq!(d.usage().used_bytes, used_before + 193 * BLOCK_BYTES as u64);
+            let read = d.read_blocks(7, 100, 200).await.expect("read");
+            assert_eq!(read.data.as_ref(), big.as_slice());
+            let read = d.read_blocks(7, 300, 1).await.expect("read 300");
+            assert_eq!(read.data.as_ref(), pattern(27, 1).as_slice());
+            assert_eq!(
+                d.read_blocks(6, 400, 2)
+                    .await
+                    .expect("read 6")
+                    .data
+                    .as_ref(),
+                pattern(9, 2).as_slice()
+            );
+            assert_eq!(
+                d.read_blocks(8, 0, 2).await.expect("read 8").data.as_ref(),
+                pattern(10, 2).as_slice()
+            );
+        })
+    });
+}
+
+#[test]
 fn unwritten_blocks_are_zero_holes_and_take_no_space() {
     for_both(|dir, syscall| {
         rt().block_on(async {
