@@ -489,6 +489,42 @@ mod unsynced_tests {
     }
 
     #[test]
+    fn a_flushed_generation_whose_record_was_lost_is_checked_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let used = {
+            let d = open(dir.path());
+            rt().block_on(async {
+                d.write_block_parts(7, &[0, 1], &[block(1), block(2)])
+                    .await
+                    .expect("durable write");
+                let used = d.usage().used_bytes;
+                d.write_block_parts_unsynced(7, &[0, 1], &[block(3), block(4)])
+                    .await
+                    .expect("unsynced");
+                d.sync().await.expect("sync");
+                used
+            })
+        };
+        let gen = entry(dir.path(), 0).gen;
+        {
+            // The machine stopped before the record of the generation reached the disk.
+            let db = index::open_db(&dir.path().join("index")).expect("index");
+            let meta = index::cf(&db, index::CF_META).expect("meta");
+            db.put_cf(meta, index::META_SYNCED_GEN, (gen - 1).to_be_bytes())
+                .expect("put");
+        }
+        for _ in 0..2 {
+            let d = open(dir.path());
+            rt().block_on(async {
+                assert_eq!(read(&d, 0).await, (Some(3), true));
+                assert_eq!(read(&d, 1).await, (Some(4), true));
+            });
+            // The blocks they replaced are free again.
+            assert_eq!(d.usage().used_bytes, used);
+        }
+    }
+
+    #[test]
     fn a_sync_makes_unsynced_blocks_durable_and_frees_what_they_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = open(dir.path());
@@ -502,7 +538,9 @@ mod unsynced_tests {
                 .expect("unsynced");
             assert_eq!(d.usage().used_bytes, used + 2 * BLOCK as u64);
             d.sync().await.expect("sync");
-            assert_eq!(d.usage().used_bytes, used);
+            // The sync recorded their generation without a sync of its own: what they
+            // replaced stays allocated until the index is synced again.
+            assert_eq!(d.usage().used_bytes, used + 2 * BLOCK as u64);
             // A synced write after unsynced ones also records them durable.
             d.write_block_parts_unsynced(7, &[0], &[block(5)])
                 .await
@@ -510,6 +548,8 @@ mod unsynced_tests {
             d.write_block_parts(7, &[2], &[block(6)])
                 .await
                 .expect("durable write");
+            // Released now: the places of 1 and 2, and of 3 (replaced by 5).
+            assert_eq!(d.usage().used_bytes, used + BLOCK as u64);
             used
         });
         drop(d);

@@ -167,6 +167,7 @@ impl Disk {
             gen: AtomicU64::new(gen),
             gen_used: Default::default(),
             deferred: Mutex::new(Vec::new()),
+            deferred_pending: Mutex::new(Vec::new()),
         };
         let handle = std::thread::Builder::new()
             .name("strata-disk-commit".into())
