@@ -20,6 +20,7 @@ async fn start(node_id: u64, write_quorum: usize) -> (Node, String) {
         device: None,
         capacity_bytes: 64 << 20,
         force_syscall_io: false,
+        read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
     })
     .expect("disk");
     let data = DataPlane::new(

@@ -397,6 +397,7 @@ mod unsynced_tests {
             device: None,
             capacity_bytes: 16 << 20,
             force_syscall_io: false,
+            read_cache_bytes: crate::READ_CACHE_BYTES_DEFAULT,
         })
         .expect("open")
     }

@@ -2,6 +2,7 @@
 
 use crate::alloc::{Allocator, Extent};
 use crate::buf::{blocks_for, AlignedBuf, BufPrefix, BLOCK};
+use crate::cache::ReadCache;
 use crate::commit::{self, CommitOp, Committer, Counters};
 use crate::index::{self, ChunkEntry, Format, CF_CHUNKS, CF_META, CF_RECORDS, META_FORMAT};
 use crate::io::{read_full_at, write_full_at, IoEngine};
@@ -50,6 +51,7 @@ pub struct Disk {
     data_path: PathBuf,
     commit_tx: Option<mpsc::Sender<CommitOp>>,
     committer: Option<JoinHandle<()>>,
+    cache: ReadCache,
 }
 
 impl std::fmt::Debug for Disk {
@@ -188,6 +190,7 @@ impl Disk {
             data_path: data_path.clone(),
             commit_tx: Some(tx),
             committer: Some(handle),
+            cache: ReadCache::new(cfg.read_cache_bytes),
         }))
     }
 
@@ -302,8 +305,11 @@ impl Disk {
                 return Err(self.io_err(e));
             }
         }
-        self.submit(|reply| CommitOp::PutChunk { id, entry, reply })
-            .await
+        let done = self
+            .submit(|reply| CommitOp::PutChunk { id, entry, reply })
+            .await;
+        self.cache.remove(&id);
+        done
     }
 
     /// Looks a chunk up in the index and checks the entry describes a place in the data area.
@@ -336,6 +342,9 @@ impl Disk {
     /// it was written: a reader on another node checks the bytes it receives against that hash,
     /// so the check spans the write, the disk and the transfer.
     pub async fn get_chunk_with_hash(&self, id: ChunkId) -> Result<Option<(Bytes, [u8; 32])>> {
+        if let Some(hit) = self.cache.get(&id) {
+            return Ok(Some(hit));
+        }
         let mut what = "checksum mismatch";
         for _ in 0..READ_ATTEMPTS {
             let Some(entry) = self.lookup(id)? else {
@@ -349,10 +358,15 @@ impl Disk {
             let len = entry.len as usize;
             match verify(&entry, &buf.as_slice()[..len]) {
                 Ok(()) => {
-                    return Ok(Some((
-                        Bytes::from_owner(BufPrefix { buf, len }),
+                    let data = Bytes::from_owner(BufPrefix { buf, len });
+                    // Cached only if no put or delete changed the entry since it was looked up.
+                    self.cache.insert_if(
+                        id,
+                        &data,
                         entry.blake3,
-                    )))
+                        || matches!(self.lookup(id), Ok(Some(now)) if now == entry),
+                    );
+                    return Ok(Some((data, entry.blake3)));
                 }
                 Err(w) => what = w,
             }
@@ -362,8 +376,11 @@ impl Disk {
 
     /// Deletes a chunk (absent is fine). `Ok` means the delete is durable.
     pub async fn delete_chunk(&self, id: ChunkId) -> Result<()> {
-        self.submit(|reply| CommitOp::DeleteChunk { id, reply })
-            .await
+        let done = self
+            .submit(|reply| CommitOp::DeleteChunk { id, reply })
+            .await;
+        self.cache.remove(&id);
+        done
     }
 
     pub fn has_chunk(&self, id: ChunkId) -> Result<bool> {
@@ -438,6 +455,7 @@ impl Disk {
             used_bytes: a.used_blocks() * BLOCK as u64,
             chunks: self.counters.chunks.load(Ordering::Relaxed),
             io_backend: self.io.name(),
+            read_cache_bytes: self.cache.bytes(),
         }
     }
 

@@ -18,6 +18,7 @@
 mod alloc;
 mod blocks;
 mod buf;
+mod cache;
 mod commit;
 mod disk;
 mod index;
@@ -78,7 +79,13 @@ pub struct DiskConfig {
     pub capacity_bytes: u64,
     /// Refuse io_uring even where the kernel offers it (tests of the fallback).
     pub force_syscall_io: bool,
+    /// Memory for chunks recently read, answered again without a disk read; 0 turns the
+    /// read cache off.
+    pub read_cache_bytes: u64,
 }
+
+/// The read cache of a disk unless configured otherwise: 512 MiB.
+pub const READ_CACHE_BYTES_DEFAULT: u64 = 512 << 20;
 
 /// Usage figures of one disk.
 #[derive(Debug, Clone, Default)]
@@ -87,4 +94,6 @@ pub struct DiskUsage {
     pub used_bytes: u64,
     pub chunks: u64,
     pub io_backend: &'static str,
+    /// Bytes of chunks held by the read cache.
+    pub read_cache_bytes: u64,
 }

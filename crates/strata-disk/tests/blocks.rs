@@ -16,6 +16,7 @@ fn open(dir: &Path, syscall: bool) -> Arc<Disk> {
         device: None,
         capacity_bytes: 64 * MIB,
         force_syscall_io: syscall,
+        read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
     })
     .expect("open")
 }

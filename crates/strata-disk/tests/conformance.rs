@@ -21,6 +21,7 @@ fn cfg(dir: &Path, backend: Backend, capacity: u64) -> DiskConfig {
         device: None,
         capacity_bytes: capacity,
         force_syscall_io: matches!(backend, Backend::Syscall),
+        read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
     }
 }
 
@@ -99,7 +100,8 @@ async fn roundtrip_sizes(b: Backend) {
             Some(&data[..]),
             "len {len}"
         );
-        // The hash recorded at write time comes back with the bytes, for transfers.
+        // The hash recorded at write time comes back with the bytes, for transfers (this
+        // second read is answered by the read cache).
         let (read, hash) = disk.get_chunk_with_hash(cid).await.unwrap().unwrap();
         assert_eq!(
             (&read[..], &hash),
@@ -119,7 +121,13 @@ async fn roundtrip_sizes(b: Backend) {
             "{len}->{new_len}"
         );
     }
+    assert!(
+        disk.usage().read_cache_bytes > 0,
+        "reads fill the read cache"
+    );
     for i in (0..SIZES.len()).step_by(2) {
+        // Read just before: a delete must not leave the cached copy answering.
+        assert!(disk.get_chunk(id(i as u64)).await.unwrap().is_some());
         disk.delete_chunk(id(i as u64)).await.unwrap();
         assert_eq!(disk.get_chunk(id(i as u64)).await.unwrap(), None);
         assert!(!disk.has_chunk(id(i as u64)).unwrap());

@@ -16,6 +16,7 @@ fn service(dir: &std::path::Path) -> Arc<ObjectService> {
         device: None,
         capacity_bytes: 256 << 20,
         force_syscall_io: false,
+        read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
     })
     .expect("disk opens");
     let data = DataPlane::new(

@@ -255,6 +255,7 @@ mod tests {
                     device: None,
                     capacity_bytes: 128 << 20,
                     force_syscall_io: false,
+                    read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
                 })
                 .expect("disk opens");
                 (id, disk)

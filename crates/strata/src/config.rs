@@ -83,6 +83,13 @@ pub struct DiskSection {
     /// Placement weight (relative share of data).
     #[serde(default = "default_weight")]
     pub weight: f64,
+    /// Memory for the disk's read cache of chunks (0: none).
+    #[serde(default = "default_read_cache")]
+    pub read_cache_bytes: u64,
+}
+
+fn default_read_cache() -> u64 {
+    strata_disk::READ_CACHE_BYTES_DEFAULT
 }
 
 /// The cluster as every node's config states it: the same on every node.
@@ -171,6 +178,7 @@ fn default_disks() -> Vec<DiskSection> {
         device: None,
         capacity_bytes: default_capacity(),
         weight: default_weight(),
+        read_cache_bytes: default_read_cache(),
     }]
 }
 

@@ -320,6 +320,7 @@ fn open_disks(cfg: &NodeConfig) -> anyhow::Result<BTreeMap<u64, Arc<Disk>>> {
             device: d.device.clone(),
             capacity_bytes: d.capacity_bytes,
             force_syscall_io: false,
+            read_cache_bytes: d.read_cache_bytes,
         })
         .with_context(|| format!("opening disk {}", d.path.display()))?;
         tracing::info!(disk = id, backend = disk.usage().io_backend, "disk open");
