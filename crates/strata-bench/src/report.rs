@@ -472,8 +472,8 @@ impl Report {
         let _ = writeln!(
             s,
             "Machine: {} cores, {:.1} GiB RAM, kernel {}, work dir on {}, load average {:.2} at start. \
-             Strata: one node, {} replica(s), its default read cache (512 MiB per disk: a GET \
-             after an object's first read is answered from memory). \
+             Strata: one node, {} replica(s), its default read cache (512 MiB per disk of recently \
+             read chunks; reads of a larger working set go to the disk). \
              Swift: Debian packages, one device, 1 replica (its object server drops the page cache \
              behind authenticated reads, `keep_cache_private = false` by default).{} Small objects in ops/s, large ones in MiB/s; \
              CPU is server CPU (all processes of the server) per operation.\n",
