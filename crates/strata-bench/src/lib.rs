@@ -209,7 +209,11 @@ fn print_run(r: &RunResult) {
         "{:<8} {:<6} {:>7} c{:<3} {:>9} ops/s {:>8} MiB/s  p50 {:>7} p99 {:>7} p99.9 {:>7} ms  errors {}  server CPU {} ms/op  client CPU {} ms/op  load {}",
         r.target,
         r.op.name(),
-        size_label(r.size),
+        if r.op == Op::List {
+            String::new()
+        } else {
+            size_label(r.size)
+        },
         r.concurrency,
         f(r.ops_per_s),
         f(r.mib_per_s),
@@ -245,24 +249,35 @@ pub fn plan(quick: bool) -> Vec<Step> {
         (15.0, 10.0, 10.0)
     };
     let big_conc: &[usize] = if quick { &[1, 4] } else { &[1, 2, 3, 4] };
+    let step = |op, size, concurrency, seconds, max_ops| Step {
+        op,
+        size,
+        concurrency,
+        seconds,
+        max_ops,
+    };
     let mut v = Vec::new();
-    let mut pair = |size, conc, seconds, max_ops| {
+    let pair = |v: &mut Vec<Step>, size, conc, seconds, max_ops| {
         for op in [Op::Put, Op::Get] {
-            v.push(Step {
-                op,
-                size,
-                concurrency: conc,
-                seconds,
-                max_ops,
-            });
+            v.push(step(op, size, conc, seconds, max_ops));
         }
     };
-    pair(4 * KIB, 16, small, 2_000_000);
-    pair(4 * KIB, 1, small, 2_000_000);
-    pair(MIB, 16, mid, 4096);
+    let small_conc: &[usize] = if quick { &[16, 1] } else { &[16, 1, 64] };
+    for &c in small_conc {
+        pair(&mut v, 4 * KIB, c, small, 2_000_000);
+    }
+    // HEAD and listing, then DELETE, which uses up the 4 KiB objects the PUTs wrote.
+    for (op, size) in [(Op::Head, 4 * KIB), (Op::List, 0), (Op::Delete, 4 * KIB)] {
+        v.push(step(op, size, 16, small, 2_000_000));
+    }
+    let mid_conc: &[usize] = if quick { &[16] } else { &[16, 1, 64] };
+    for &c in mid_conc {
+        // At most 4 GiB, and 2 GiB for the runs only the full plan has.
+        pair(&mut v, MIB, c, mid, if c == 16 { 4096 } else { 2048 });
+    }
     for &c in big_conc {
         // At most 3 GiB written per run.
-        pair(64 * MIB, c, big, 48);
+        pair(&mut v, 64 * MIB, c, big, 48);
     }
     v
 }
@@ -299,7 +314,7 @@ async fn run_steps(
     let run_id = format!("{:08x}", rand::random::<u32>());
     for (i, s) in steps.iter().enumerate() {
         let pool = written.entry(s.size).or_default();
-        if s.op != Op::Put && pool.is_empty() {
+        if matches!(s.op, Op::Get | Op::Head | Op::Delete) && pool.is_empty() {
             let n = if s.size >= 16 * MIB { 4 } else { 64 };
             *pool = load::prefill(
                 ep,
@@ -701,11 +716,25 @@ mod tests {
             assert!(p
                 .iter()
                 .all(|s| s.max_ops > 0 && s.seconds > 0.0 && s.concurrency <= 64));
-            // Every read follows a write of its size.
+            // Every read follows a write of its size, and none follows a DELETE of it.
             for (i, s) in p.iter().enumerate() {
-                if s.op == Op::Get {
+                if matches!(s.op, Op::Get | Op::Head | Op::Delete) {
                     assert!(p[..i].iter().any(|w| w.op == Op::Put && w.size == s.size));
+                    assert!(!p[..i]
+                        .iter()
+                        .any(|w| w.op == Op::Delete && w.size == s.size));
                 }
+            }
+            for op in [Op::Put, Op::Get, Op::Head, Op::Delete, Op::List] {
+                assert!(p.iter().any(|s| s.op == op), "{} missing", op.name());
+            }
+        }
+        let full = plan(false);
+        for c in [1, 16, 64] {
+            for size in [4 * KIB, MIB] {
+                assert!(full
+                    .iter()
+                    .any(|s| s.op == Op::Get && s.size == size && s.concurrency == c));
             }
         }
         let quick: f64 = plan(true).iter().map(|s| s.seconds).sum::<f64>() * 2.0

@@ -51,6 +51,15 @@ pub fn size_label(size: u64) -> String {
     }
 }
 
+/// A workload's name: the operation and the object size (a listing has none).
+pub fn object_label(op: Op, size: u64) -> String {
+    if op == Op::List {
+        op.name().to_string()
+    } else {
+        format!("{} {}", op.name(), size_label(size))
+    }
+}
+
 /// Small objects are measured in ops/s, large ones in MiB/s.
 pub fn is_small(size: u64) -> bool {
     size < MIB
@@ -420,9 +429,8 @@ impl Report {
             let errs = |r: Option<&RunResult>| r.map_or("-".into(), |r| r.errors.to_string());
             let load = st.or(sw).or(ce).map(|r| r.load_1m);
             let mut row = format!(
-                "| {} {} c{} | {} | {} | {} | {} |",
-                op.name(),
-                size_label(size),
+                "| {} c{} | {} | {} | {} | {} |",
+                object_label(op, size),
                 conc,
                 unit(size),
                 opt(h(st)),
@@ -516,9 +524,8 @@ impl Report {
         for r in &self.ceiling {
             let _ = writeln!(
                 s,
-                "| {} {} c{} | {} | {} | {} | {} | {} | {} |",
-                r.op.name(),
-                size_label(r.size),
+                "| {} c{} | {} | {} | {} | {} | {} | {} |",
+                object_label(r.op, r.size),
                 r.concurrency,
                 fmt_num(r.ops_per_s),
                 fmt_num(r.mib_per_s),
@@ -558,10 +565,9 @@ impl Report {
         for r in self.runs.iter().chain(&self.ceiling) {
             let _ = writeln!(
                 s,
-                "| {} | {} {} c{} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} c{} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.target,
-                r.op.name(),
-                size_label(r.size),
+                object_label(r.op, r.size),
                 r.concurrency,
                 r.seconds,
                 r.ops,
