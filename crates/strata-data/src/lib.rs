@@ -550,12 +550,14 @@ impl DataPlane {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        const PAGE_ROWS: usize = 1000;
+        // A page holds what the caller asked for (a listing of 100 reads about 100 rows, not
+        // a full page), up to 1000 rows; tombstones in it cost another page.
+        let page_rows = limit.clamp(1, 1000);
         let mut out = Vec::new();
         let mut cursor = start.to_vec();
         loop {
             let (rows, more) = self
-                .scan_records(placement_key, &cursor, end, PAGE_ROWS)
+                .scan_records(placement_key, &cursor, end, page_rows)
                 .await?;
             if let Some((last, _)) = rows.last() {
                 cursor = next_key(last);
