@@ -489,19 +489,26 @@ mod unsynced_tests {
         }
     }
 
+    /// Blocks 0 and 1 of volume 7 written durably (1, 2), then rewritten unsynced (3, 4);
+    /// returns the space used after the durable write.
+    async fn durable_then_unsynced(d: &Disk) -> u64 {
+        d.write_block_parts(7, &[0, 1], &[block(1), block(2)])
+            .await
+            .expect("durable write");
+        let used = d.usage().used_bytes;
+        d.write_block_parts_unsynced(7, &[0, 1], &[block(3), block(4)])
+            .await
+            .expect("unsynced");
+        used
+    }
+
     #[test]
     fn a_flushed_generation_whose_record_was_lost_is_checked_and_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let used = {
             let d = open(dir.path());
             rt().block_on(async {
-                d.write_block_parts(7, &[0, 1], &[block(1), block(2)])
-                    .await
-                    .expect("durable write");
-                let used = d.usage().used_bytes;
-                d.write_block_parts_unsynced(7, &[0, 1], &[block(3), block(4)])
-                    .await
-                    .expect("unsynced");
+                let used = durable_then_unsynced(&d).await;
                 d.sync().await.expect("sync");
                 used
             })
@@ -530,13 +537,7 @@ mod unsynced_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = open(dir.path());
         let used = rt().block_on(async {
-            d.write_block_parts(7, &[0, 1], &[block(1), block(2)])
-                .await
-                .expect("durable write");
-            let used = d.usage().used_bytes;
-            d.write_block_parts_unsynced(7, &[0, 1], &[block(3), block(4)])
-                .await
-                .expect("unsynced");
+            let used = durable_then_unsynced(&d).await;
             assert_eq!(d.usage().used_bytes, used + 2 * BLOCK as u64);
             d.sync().await.expect("sync");
             // The sync recorded their generation without a sync of its own: what they
