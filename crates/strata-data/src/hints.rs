@@ -91,10 +91,7 @@ impl DataPlane {
                 return;
             }
         };
-        let rec = Record {
-            timestamp: now_micros(),
-            value: Some(value),
-        };
+        let rec = Record::live(now_micros(), value);
         if let Err(e) = disk.put_record(&hint.key(target), rec).await {
             tracing::error!(error = %e, target, "cannot store hint");
         }

@@ -23,7 +23,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use strata_disk::{BlockRead, Disk, DiskError, Record};
+use strata_disk::{BlockRead, Disk, DiskError, Record, TallyTotals};
 use strata_placement::Ring;
 use strata_types::{ChunkId, DiskId, NodeId};
 
@@ -208,6 +208,14 @@ impl DataPlane {
             Ok(self.local_disk(r.disk)?.scan_records(start, end, limit)?)
         } else {
             self.peers.scan(r.node, r.disk, start, end, limit).await
+        }
+    }
+
+    async fn replica_tally(&self, r: Replica, group: &[u8]) -> Result<TallyTotals> {
+        if r.node == self.cfg.node_id {
+            Ok(self.local_disk(r.disk)?.tally(group)?)
+        } else {
+            self.peers.tally(r.node, r.disk, group).await
         }
     }
 
@@ -541,6 +549,45 @@ impl DataPlane {
         Ok(merge_scans(answers, limit))
     }
 
+    /// A tally group's totals from a read quorum: the answer with the newest stamp (ties: the
+    /// larger count). Exact where the replica saw every write of the group; a replica that
+    /// missed some converges as hints repair it.
+    pub async fn tally(
+        self: &Arc<Self>,
+        placement_key: &[u8],
+        group: &[u8],
+    ) -> Result<TallyTotals> {
+        let replicas = self.replicas(placement_key)?;
+        let needed = self.read_quorum(replicas.len());
+        let mut pending: FuturesUnordered<_> = replicas
+            .iter()
+            .map(|r| {
+                let (me, r, group) = (self.clone(), *r, group.to_vec());
+                async move { (r, me.replica_tally(r, &group).await) }
+            })
+            .collect();
+        let mut best: Option<TallyTotals> = None;
+        let mut answered = 0;
+        while let Some((r, res)) = pending.next().await {
+            match res {
+                Ok(t) => {
+                    answered += 1;
+                    if best.is_none_or(|b| (t.stamp, t.count) > (b.stamp, b.count)) {
+                        best = Some(t);
+                    }
+                }
+                Err(e) => tracing::debug!(node = r.node, error = %e, "tally read failed"),
+            }
+            if answered >= needed {
+                break;
+            }
+        }
+        match best {
+            Some(t) if answered >= needed => Ok(t),
+            _ => Err(DataError::ReadQuorum { answered, needed }),
+        }
+    }
+
     /// Every live (non-tombstone) record in `[start, end)`, paging through
     /// quorum scans, stopping after `limit` live rows.
     pub async fn scan_live(
@@ -645,6 +692,7 @@ mod tests {
         Record {
             timestamp: ts,
             value: v.map(|s| s.as_bytes().to_vec()),
+            tally: None,
         }
     }
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
-use strata_disk::{BlockRead, Record, BLOCK_BYTES};
+use strata_disk::{BlockRead, Record, Tally, TallyTotals, BLOCK_BYTES};
 use strata_proto::v1 as pb;
 use strata_proto::v1::storage_client::StorageClient;
 use strata_types::{ChunkId, DiskId, NodeId};
@@ -24,12 +24,18 @@ pub(crate) fn to_pb(rec: &Record) -> pb::Record {
     pb::Record {
         timestamp: rec.timestamp,
         value: rec.value.clone(),
+        tally_group_len: rec.tally.map(|t| t.group_len),
+        tally_weight: rec.tally.map_or(0, |t| t.weight),
     }
 }
 
 pub(crate) fn from_pb(rec: pb::Record) -> Record {
     Record {
         timestamp: rec.timestamp,
+        tally: rec.tally_group_len.map(|group_len| Tally {
+            group_len,
+            weight: rec.tally_weight,
+        }),
         value: rec.value,
     }
 }
@@ -216,6 +222,29 @@ impl Peers {
             .into_iter()
             .filter_map(|kr| kr.record.map(|r| (kr.key, from_pb(r))))
             .collect())
+    }
+
+    pub(crate) async fn tally(
+        &self,
+        node: NodeId,
+        disk: DiskId,
+        group: &[u8],
+    ) -> Result<TallyTotals> {
+        let req = pb::GetTallyRequest {
+            disk_id: disk,
+            group: group.to_vec(),
+        };
+        let resp = self
+            .client(node)?
+            .get_tally(req)
+            .await
+            .map_err(|s| rpc_err(node, s))?
+            .into_inner();
+        Ok(TallyTotals {
+            count: resp.count,
+            weight: resp.weight,
+            stamp: resp.stamp,
+        })
     }
 
     pub(crate) async fn write_blocks(

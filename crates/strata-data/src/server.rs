@@ -49,7 +49,7 @@ fn disk_status(e: DiskError) -> Status {
     match e {
         DiskError::Corrupt { .. } => Status::data_loss(e.to_string()),
         DiskError::CorruptBlock { .. } => Status::data_loss(e.to_string()),
-        DiskError::TooLarge { .. } | DiskError::BadBlockRange(_) => {
+        DiskError::TooLarge { .. } | DiskError::BadBlockRange(_) | DiskError::BadRecord(_) => {
             Status::invalid_argument(e.to_string())
         }
         DiskError::Full { .. } => Status::resource_exhausted(e.to_string()),
@@ -138,6 +138,22 @@ impl Storage for StorageService {
             .map_err(disk_status)?;
         Ok(Response::new(pb::GetRecordResponse {
             record: rec.as_ref().map(to_pb),
+        }))
+    }
+
+    async fn get_tally(
+        &self,
+        req: Request<pb::GetTallyRequest>,
+    ) -> Result<Response<pb::GetTallyResponse>, Status> {
+        let req = req.into_inner();
+        let t = self
+            .disk(req.disk_id)?
+            .tally(&req.group)
+            .map_err(disk_status)?;
+        Ok(Response::new(pb::GetTallyResponse {
+            count: t.count,
+            weight: t.weight,
+            stamp: t.stamp,
         }))
     }
 

@@ -95,6 +95,7 @@ async fn chunks_and_records_are_written_to_both_replicas() {
     let rec = strata_disk::Record {
         timestamp: 5,
         value: Some(b"v".to_vec()),
+        tally: None,
     };
     a.data
         .put_record(b"pk", b"key", rec.clone())

@@ -227,6 +227,7 @@ impl Disk {
             start: ext.start,
             crcs,
             synced,
+            expect: None,
             reply,
         })
         .await
@@ -297,9 +298,15 @@ impl Disk {
         check_range(first, count, BLOCKS_PER_WRITE_MAX)?;
         let mut bad = (first, "crc32c mismatch");
         for _ in 0..READ_ATTEMPTS {
+            // Taken before the index is read: a relocation of what this read finds applies
+            // only if no write or trim of the range is planned after this point.
+            let stamps = self.stamps.take(volume, first, count);
             let entries = self.block_entries(volume, first, count)?;
             match self.read_entries(first, count, &entries).await? {
-                Ok(read) => return Ok(read),
+                Ok(read) => {
+                    self.offer_relocation(volume, first, &entries, &read, stamps);
+                    return Ok(read);
+                }
                 Err(block) => bad = (block, "crc32c mismatch"),
             }
         }

@@ -17,9 +17,10 @@
 
 use crate::alloc::{Allocator, Extent};
 use crate::buf::BLOCK;
-use crate::index::{self, BlockEntry, ChunkEntry, CF_BLOCKS, CF_CHUNKS, CF_RECORDS};
+use crate::index::{self, BlockEntry, ChunkEntry, CF_BLOCKS, CF_CHUNKS, CF_RECORDS, CF_TALLIES};
 use crate::io::IoEngine;
-use crate::{DiskError, Record, Result};
+use crate::relocate::{self, Expect, WriteStamps};
+use crate::{DiskError, Record, Result, Tally, TallyTotals};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -66,6 +67,8 @@ pub(crate) enum CommitOp {
         start: u64,
         crcs: Vec<u32>,
         synced: bool,
+        /// A relocation: applies only if this still holds, else its extent is freed.
+        expect: Option<Expect>,
         reply: oneshot::Sender<Result<()>>,
     },
     /// Make every write answered so far durable.
@@ -117,6 +120,8 @@ pub(crate) struct Counters {
     pub index_syncs: AtomicU64,
     pub chunk_puts: AtomicU64,
     pub ops: AtomicU64,
+    pub relocated_blocks: AtomicU64,
+    pub relocations_lost: AtomicU64,
 }
 
 pub(crate) struct Committer {
@@ -138,6 +143,8 @@ pub(crate) struct Committer {
     /// Deferred blocks whose generation a sync-only round made durable but recorded unsynced:
     /// released by the next round that syncs the index.
     pub deferred_pending: Mutex<Vec<Extent>>,
+    /// Bumped as writes and trims are planned; relocations check them.
+    pub stamps: Arc<WriteStamps>,
 }
 
 /// A batch on its way from the sync stage to the index stage.
@@ -549,7 +556,9 @@ impl Committer {
         let mut delta = 0i64;
         // Current state as of the ops planned so far: `None` = absent.
         let mut chunk_state: HashMap<ChunkId, Option<Extent>> = HashMap::new();
-        let mut record_state: HashMap<&[u8], Option<u64>> = HashMap::new();
+        // Timestamp and tally of each record as of the ops planned so far.
+        let mut record_state: HashMap<&[u8], Option<(u64, Option<Tally>)>> = HashMap::new();
+        let mut tally_changes: HashMap<&[u8], TallyChange> = HashMap::new();
         // Ordered, not hashed: a round carries up to hundreds of thousands of mostly
         // adjacent blocks, and a trim asks for a range of them.
         let mut block_state: BTreeMap<(u64, u64), Option<BlockEntry>> = BTreeMap::new();
@@ -589,23 +598,36 @@ impl Committer {
                 }
                 CommitOp::PutRecord { key, rec, .. } => {
                     let current = match record_state.get(key.as_slice()) {
-                        Some(ts) => Ok(*ts),
-                        None => self.record_ts(records, key),
+                        Some(head) => Ok(*head),
+                        None => self.record_head(records, key),
                     };
                     match current {
-                        Ok(Some(ts)) if ts >= rec.timestamp => {
-                            record_state.insert(key.as_slice(), Some(ts));
+                        Ok(Some(head)) if head.0 >= rec.timestamp => {
+                            record_state.insert(key.as_slice(), Some(head));
                             Outcome::Applied(false)
                         }
-                        Ok(_) => {
+                        Ok(old) => {
                             wb.put_cf(records, key, index::encode_record(rec));
-                            record_state.insert(key.as_slice(), Some(rec.timestamp));
+                            let new = rec.value.as_ref().and(rec.tally);
+                            let old = old.and_then(|(_, t)| t);
+                            note_tally(&mut tally_changes, key, old, -1, rec.timestamp);
+                            note_tally(&mut tally_changes, key, new, 1, rec.timestamp);
+                            record_state.insert(key.as_slice(), Some((rec.timestamp, new)));
                             Outcome::Applied(true)
                         }
                         Err(e) => Outcome::Failed(e),
                     }
                 }
                 CommitOp::RemoveRecord { key, .. } => {
+                    let current = match record_state.get(key.as_slice()) {
+                        Some(head) => Ok(*head),
+                        None => self.record_head(records, key),
+                    };
+                    // An undecodable record counted in no tally this disk can read.
+                    let old = current.ok().flatten();
+                    if let Some((ts, Some(t))) = old {
+                        note_tally(&mut tally_changes, key, Some(t), -1, ts);
+                    }
                     wb.delete_cf(records, key);
                     record_state.insert(key.as_slice(), None);
                     Outcome::Done
@@ -615,9 +637,30 @@ impl Committer {
                     blocks: numbers,
                     start,
                     crcs,
+                    expect,
                     ..
                 } => {
-                    match self.block_entries(&mut block_state, blocks, *volume, numbers) {
+                    let current = self.block_entries(&mut block_state, blocks, *volume, numbers);
+                    let lost = match (&current, expect) {
+                        (Ok(olds), Some(x)) => {
+                            let holds = x.holds(&self.stamps, olds);
+                            relocate::note(&self.counters, holds, numbers.len());
+                            !holds
+                        }
+                        _ => false,
+                    };
+                    if !lost {
+                        self.stamps.bump_blocks(*volume, numbers);
+                    }
+                    match current {
+                        Ok(_) if lost => {
+                            // Nothing refers to the relocation's extent.
+                            unused.push(Extent {
+                                start: *start,
+                                len: crcs.len() as u64,
+                            });
+                            Outcome::Done
+                        }
                         Ok(olds) => {
                             for (i, (old, crc)) in olds.into_iter().zip(crcs).enumerate() {
                                 let block = numbers[i];
@@ -677,6 +720,7 @@ impl Committer {
                     ..
                 } => match self.blocks_in(&block_state, blocks, *volume, *first, *count) {
                     Ok(present) => {
+                        self.stamps.bump(*volume, *first, *count);
                         for (block, addr) in present {
                             released.push(Extent {
                                 start: addr,
@@ -693,7 +737,30 @@ impl Committer {
             };
             outcomes.push(outcome);
         }
+        if !tally_changes.is_empty() {
+            let tallies = index::cf(&self.db, CF_TALLIES)?;
+            for (group, change) in tally_changes {
+                let current = self.tally(tallies, group)?;
+                wb.put_cf(tallies, group, index::encode_tally(&change.apply(current)));
+            }
+        }
         Ok((wb, outcomes, released, unused, delta, deferred))
+    }
+
+    /// A tally group's totals as committed (zero if none). An undecodable entry restarts from
+    /// zero rather than refuse every write to its group.
+    fn tally(&self, tallies: &rocksdb::ColumnFamily, group: &[u8]) -> Result<TallyTotals> {
+        let raw = self
+            .db
+            .get_pinned_cf(tallies, group)
+            .map_err(index::index_err)?;
+        Ok(match raw {
+            None => TallyTotals::default(),
+            Some(v) => index::decode_tally(&v).unwrap_or_else(|| {
+                tracing::warn!(group = %String::from_utf8_lossy(group), "undecodable tally entry; counting again from zero");
+                TallyTotals::default()
+            }),
+        })
     }
 
     /// The extent a chunk currently occupies (`None` if absent).
@@ -856,7 +923,12 @@ impl Committer {
             .collect())
     }
 
-    fn record_ts(&self, records: &rocksdb::ColumnFamily, key: &[u8]) -> Result<Option<u64>> {
+    /// The stored record's timestamp and, if it is live, its tally (`None`: no record).
+    fn record_head(
+        &self,
+        records: &rocksdb::ColumnFamily,
+        key: &[u8],
+    ) -> Result<Option<(u64, Option<Tally>)>> {
         match self
             .db
             .get_pinned_cf(records, key)
@@ -864,11 +936,50 @@ impl Committer {
         {
             None => Ok(None),
             Some(v) => match index::decode_record(&v) {
-                Some(r) => Ok(Some(r.timestamp)),
+                Some(r) => Ok(Some((r.timestamp, r.value.and(r.tally)))),
                 None => Err(index::corrupt_record(key)),
             },
         }
     }
+}
+
+/// What one round changes in a tally group.
+#[derive(Default)]
+struct TallyChange {
+    count: i64,
+    weight: i128,
+    stamp: u64,
+}
+
+impl TallyChange {
+    fn apply(&self, t: TallyTotals) -> TallyTotals {
+        let clamp = |v: i128| v.clamp(0, u64::MAX as i128) as u64;
+        TallyTotals {
+            count: clamp(t.count as i128 + self.count as i128),
+            weight: clamp(t.weight as i128 + self.weight),
+            stamp: t.stamp.max(self.stamp),
+        }
+    }
+}
+
+/// Adds (`sign` 1) or takes out (`sign` -1) a record's tally in its group, stamped `ts`. A
+/// tally whose group would be longer than the key counts nowhere (`Disk::put_record` refuses
+/// those).
+fn note_tally<'k>(
+    changes: &mut HashMap<&'k [u8], TallyChange>,
+    key: &'k [u8],
+    tally: Option<Tally>,
+    sign: i64,
+    ts: u64,
+) {
+    let Some(t) = tally else { return };
+    let Some(group) = key.get(..t.group_len as usize) else {
+        return;
+    };
+    let c = changes.entry(group).or_default();
+    c.count += sign;
+    c.weight += sign as i128 * t.weight as i128;
+    c.stamp = c.stamp.max(ts);
 }
 
 pub(crate) fn extent_of(e: &ChunkEntry) -> Extent {

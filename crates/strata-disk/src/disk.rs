@@ -6,7 +6,8 @@ use crate::cache::ReadCache;
 use crate::commit::{self, CommitOp, Committer, Counters};
 use crate::index::{self, ChunkEntry, Format, CF_CHUNKS, CF_META, CF_RECORDS, META_FORMAT};
 use crate::io::{read_full_at, write_full_at, IoEngine};
-use crate::{DiskConfig, DiskError, DiskUsage, Record, Result};
+use crate::relocate::WriteStamps;
+use crate::{DiskConfig, DiskError, DiskUsage, Record, Result, TallyTotals};
 use bytes::Bytes;
 use rocksdb::{Direction, IteratorMode, WriteOptions, DB};
 use std::fs::{File, OpenOptions};
@@ -40,18 +41,23 @@ pub struct CommitStats {
     pub chunk_puts: u64,
     /// All writes (chunk puts and deletes, record puts and removals) made durable.
     pub ops: u64,
+    /// Volume blocks moved side by side after a read found them scattered.
+    pub relocated_blocks: u64,
+    /// Relocations dropped because a write or trim changed their range first.
+    pub relocations_lost: u64,
 }
 
 /// One disk: a data file (or block device) plus its rocksdb index. See the crate docs.
 pub struct Disk {
     pub(crate) db: Arc<DB>,
     pub(crate) io: Arc<IoEngine>,
-    alloc: Arc<Mutex<Allocator>>,
+    pub(crate) alloc: Arc<Mutex<Allocator>>,
     counters: Arc<Counters>,
     data_path: PathBuf,
     commit_tx: Option<mpsc::Sender<CommitOp>>,
     committer: Option<JoinHandle<()>>,
     cache: ReadCache,
+    pub(crate) stamps: Arc<WriteStamps>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -159,6 +165,7 @@ impl Disk {
         let counters = Arc::new(Counters::default());
         counters.chunks.store(chunks, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(commit::QUEUE_DEPTH);
+        let stamps = Arc::new(WriteStamps::new());
         let committer = Committer {
             db: db.clone(),
             io: io.clone(),
@@ -170,6 +177,7 @@ impl Disk {
             gen_used: Default::default(),
             deferred: Mutex::new(Vec::new()),
             deferred_pending: Mutex::new(Vec::new()),
+            stamps: stamps.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("strata-disk-commit".into())
@@ -191,6 +199,7 @@ impl Disk {
             commit_tx: Some(tx),
             committer: Some(handle),
             cache: ReadCache::new(cfg.read_cache_bytes),
+            stamps,
         }))
     }
 
@@ -247,6 +256,11 @@ impl Disk {
             }
         }
         Ok(())
+    }
+
+    /// A handle on the committer's queue that does not keep the committer running.
+    pub(crate) fn commit_sender(&self) -> Option<mpsc::WeakSender<CommitOp>> {
+        self.commit_tx.as_ref().map(mpsc::Sender::downgrade)
     }
 
     pub(crate) fn lock_alloc(&self) -> MutexGuard<'_, Allocator> {
@@ -394,7 +408,17 @@ impl Disk {
 
     /// Stores `rec` under `key` if it is strictly newer than what is stored (last writer wins).
     /// Returns whether it was stored; `Ok(true)` means durable.
+    /// A live record may count in a tally group: a prefix of its key (see [`Disk::tally`]).
     pub async fn put_record(&self, key: &[u8], rec: Record) -> Result<bool> {
+        if let Some(t) = rec.tally.filter(|_| rec.value.is_some()) {
+            if t.group_len as usize > key.len() {
+                return Err(DiskError::BadRecord(format!(
+                    "tally group of {} bytes is longer than the {}-byte key",
+                    t.group_len,
+                    key.len()
+                )));
+            }
+        }
         let key = key.to_vec();
         self.submit(|reply| CommitOp::PutRecord { key, rec, reply })
             .await
@@ -441,6 +465,22 @@ impl Disk {
         Ok(out)
     }
 
+    /// The totals of a tally group: its live tallied records, their weights and the newest
+    /// timestamp applied to one of them. Maintained with every record change, so this is one
+    /// index lookup whatever the group's size.
+    pub fn tally(&self, group: &[u8]) -> Result<TallyTotals> {
+        let cf = index::cf(&self.db, index::CF_TALLIES)?;
+        match self.db.get_pinned_cf(cf, group).map_err(index::index_err)? {
+            None => Ok(TallyTotals::default()),
+            Some(v) => index::decode_tally(&v).ok_or_else(|| {
+                DiskError::Index(format!(
+                    "tally {:?} has an undecodable value",
+                    String::from_utf8_lossy(group)
+                ))
+            }),
+        }
+    }
+
     /// Physically removes a record (no tombstone). `Ok` means durable.
     pub async fn remove_record(&self, key: &[u8]) -> Result<()> {
         let key = key.to_vec();
@@ -481,6 +521,8 @@ impl Disk {
             index_syncs: c.index_syncs.load(Ordering::Relaxed),
             chunk_puts: c.chunk_puts.load(Ordering::Relaxed),
             ops: c.ops.load(Ordering::Relaxed),
+            relocated_blocks: c.relocated_blocks.load(Ordering::Relaxed),
+            relocations_lost: c.relocations_lost.load(Ordering::Relaxed),
         }
     }
 

@@ -2,7 +2,7 @@
 //! format metadata. Every stored value starts with a format version byte.
 
 use crate::buf::{blocks_for, BLOCK};
-use crate::{DiskError, Record, Result};
+use crate::{DiskError, Record, Result, Tally, TallyTotals};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
 use std::path::Path;
 
@@ -10,6 +10,7 @@ pub(crate) const CF_CHUNKS: &str = "chunks";
 pub(crate) const CF_RECORDS: &str = "records";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_BLOCKS: &str = "blocks";
+pub(crate) const CF_TALLIES: &str = "tallies";
 
 /// Key of the format entry in the meta column family.
 pub(crate) const META_FORMAT: &[u8] = b"format";
@@ -17,16 +18,19 @@ pub(crate) const META_FORMAT: &[u8] = b"format";
 const CHUNK_V1: u8 = 1;
 const RECORD_V1: u8 = 1;
 const FORMAT_V1: u8 = 1;
+const TALLY_V1: u8 = 1;
 
 const TAG_TOMBSTONE: u8 = 0;
 const TAG_VALUE: u8 = 1;
+/// A live value counted in a tally group: `group_len` (u32 BE) and weight (u64 BE) first.
+const TAG_TALLIED: u8 = 2;
 
 pub(crate) fn open_db(path: &Path) -> Result<DB> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
-    let cfs = [CF_CHUNKS, CF_RECORDS, CF_META, CF_BLOCKS]
+    let cfs = [CF_CHUNKS, CF_RECORDS, CF_META, CF_BLOCKS, CF_TALLIES]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     DB::open_cf_descriptors(&opts, path, cfs).map_err(index_err)
@@ -109,13 +113,19 @@ impl ChunkEntry {
 }
 
 pub(crate) fn encode_record(rec: &Record) -> Vec<u8> {
-    let mut v = Vec::with_capacity(10 + rec.value.as_ref().map_or(0, Vec::len));
+    let mut v = Vec::with_capacity(22 + rec.value.as_ref().map_or(0, Vec::len));
     v.push(RECORD_V1);
     v.extend_from_slice(&rec.timestamp.to_be_bytes());
-    match &rec.value {
-        None => v.push(TAG_TOMBSTONE),
-        Some(val) => {
+    match (&rec.value, rec.tally) {
+        (None, _) => v.push(TAG_TOMBSTONE),
+        (Some(val), None) => {
             v.push(TAG_VALUE);
+            v.extend_from_slice(val);
+        }
+        (Some(val), Some(t)) => {
+            v.push(TAG_TALLIED);
+            v.extend_from_slice(&t.group_len.to_be_bytes());
+            v.extend_from_slice(&t.weight.to_be_bytes());
             v.extend_from_slice(val);
         }
     }
@@ -127,12 +137,44 @@ pub(crate) fn decode_record(b: &[u8]) -> Option<Record> {
         return None;
     }
     let timestamp = u64::from_be_bytes(b[1..9].try_into().ok()?);
-    let value = match b[9] {
-        TAG_TOMBSTONE if b.len() == 10 => None,
-        TAG_VALUE => Some(b[10..].to_vec()),
+    let (value, tally) = match b[9] {
+        TAG_TOMBSTONE if b.len() == 10 => (None, None),
+        TAG_VALUE => (Some(b[10..].to_vec()), None),
+        TAG_TALLIED if b.len() >= 22 => {
+            let tally = Tally {
+                group_len: u32::from_be_bytes(b[10..14].try_into().ok()?),
+                weight: u64::from_be_bytes(b[14..22].try_into().ok()?),
+            };
+            (Some(b[22..].to_vec()), Some(tally))
+        }
         _ => return None,
     };
-    Some(Record { timestamp, value })
+    Some(Record {
+        timestamp,
+        value,
+        tally,
+    })
+}
+
+pub(crate) fn encode_tally(t: &TallyTotals) -> Vec<u8> {
+    let mut v = Vec::with_capacity(25);
+    v.push(TALLY_V1);
+    for n in [t.count, t.weight, t.stamp] {
+        v.extend_from_slice(&n.to_be_bytes());
+    }
+    v
+}
+
+pub(crate) fn decode_tally(b: &[u8]) -> Option<TallyTotals> {
+    if b.len() != 25 || b[0] != TALLY_V1 {
+        return None;
+    }
+    let n = |i: usize| b[i..i + 8].try_into().ok().map(u64::from_be_bytes);
+    Some(TallyTotals {
+        count: n(1)?,
+        weight: n(9)?,
+        stamp: n(17)?,
+    })
 }
 
 pub(crate) fn corrupt_record(key: &[u8]) -> DiskError {
@@ -221,26 +263,55 @@ mod tests {
 
     #[test]
     fn record_roundtrip_and_rejects_garbage() {
+        let tallied = Record {
+            timestamp: 3,
+            value: Some(b"row".to_vec()),
+            tally: Some(Tally {
+                group_len: 2,
+                weight: u64::MAX,
+            }),
+        };
         for rec in [
-            Record {
-                timestamp: 7,
-                value: None,
-            },
-            Record {
-                timestamp: u64::MAX,
-                value: Some(vec![]),
-            },
-            Record {
-                timestamp: 1,
-                value: Some(b"abc".to_vec()),
-            },
+            Record::tombstone(7),
+            Record::live(u64::MAX, vec![]),
+            Record::live(1, b"abc".to_vec()),
+            tallied,
         ] {
             assert_eq!(decode_record(&encode_record(&rec)), Some(rec));
         }
+        // A tombstone carries no tally.
+        let mut tomb = Record::tombstone(9);
+        tomb.tally = Some(Tally {
+            group_len: 1,
+            weight: 1,
+        });
+        assert_eq!(
+            decode_record(&encode_record(&tomb)),
+            Some(Record::tombstone(9))
+        );
+        // Tag 2 with its tally cut short.
+        assert_eq!(
+            decode_record(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0]),
+            None
+        );
         assert_eq!(decode_record(&[1, 0, 0]), None);
         assert_eq!(decode_record(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 1]), None);
         assert_eq!(decode_record(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 7]), None);
         assert_eq!(decode_record(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+    }
+
+    #[test]
+    fn tally_roundtrip_and_rejects_garbage() {
+        let t = TallyTotals {
+            count: 3,
+            weight: 1 << 40,
+            stamp: 99,
+        };
+        assert_eq!(decode_tally(&encode_tally(&t)), Some(t));
+        assert_eq!(decode_tally(&encode_tally(&t)[..24]), None);
+        let mut bad = encode_tally(&t);
+        bad[0] = 9;
+        assert_eq!(decode_tally(&bad), None);
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod commit;
 mod disk;
 mod index;
 mod io;
+mod relocate;
 
 pub use blocks::{BlockRead, BLOCKS_PER_WRITE_MAX, BLOCK_BYTES};
 pub use disk::{CommitStats, Disk};
@@ -48,6 +49,8 @@ pub enum DiskError {
         block: u64,
         what: &'static str,
     },
+    #[error("bad record: {0}")]
+    BadRecord(String),
     #[error("bad block request: {0}")]
     BadBlockRange(String),
     #[error("chunk of {len} bytes is larger than the limit of {max}")]
@@ -65,6 +68,45 @@ pub type Result<T> = std::result::Result<T, DiskError>;
 pub struct Record {
     pub timestamp: u64,
     pub value: Option<Vec<u8>>,
+    /// The tally group a live record counts in (ignored on a tombstone).
+    pub tally: Option<Tally>,
+}
+
+impl Record {
+    /// A live record counted in no tally group.
+    pub fn live(timestamp: u64, value: Vec<u8>) -> Self {
+        Record {
+            timestamp,
+            value: Some(value),
+            tally: None,
+        }
+    }
+
+    /// A tombstone.
+    pub fn tombstone(timestamp: u64) -> Self {
+        Record {
+            timestamp,
+            value: None,
+            tally: None,
+        }
+    }
+}
+
+/// What a live record adds to its tally group: one to the group's count and `weight` to its
+/// sum. The group is the first `group_len` bytes of the record's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub group_len: u32,
+    pub weight: u64,
+}
+
+/// A tally group's totals on one disk: live tallied records, their summed weight, and the
+/// newest timestamp applied to any record of the group (0: none yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TallyTotals {
+    pub count: u64,
+    pub weight: u64,
+    pub stamp: u64,
 }
 
 /// How a disk is configured.

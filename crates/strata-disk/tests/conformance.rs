@@ -4,7 +4,7 @@ use bytes::Bytes;
 use rand::{Rng, RngCore, SeedableRng};
 use std::path::Path;
 use std::sync::Arc;
-use strata_disk::{Disk, DiskConfig, DiskError, Record};
+use strata_disk::{Disk, DiskConfig, DiskError, Record, Tally};
 use strata_types::{ChunkId, CHUNK_SIZE_BYTES_MAX};
 
 const MIB: u64 = 1 << 20;
@@ -79,9 +79,12 @@ both_backends!(
     allocator_reuses_space_and_reports_full,
     records_last_writer_wins,
     concurrent_record_writers_keep_the_newest,
+    tallies_follow_every_record_change,
     detects_corrupt_data,
     concurrent_overwrites_never_read_as_corrupt,
     writers_share_syncs,
+    scattered_ranges_are_relocated_when_read,
+    relocation_never_undoes_a_racing_write,
 );
 
 async fn roundtrip_sizes(b: Backend) {
@@ -177,7 +180,8 @@ async fn reopen_preserves_everything(b: Backend) {
                 b"a",
                 Record {
                     timestamp: 5,
-                    value: Some(b"x".to_vec())
+                    value: Some(b"x".to_vec()),
+                    tally: None,
                 }
             )
             .await
@@ -187,7 +191,8 @@ async fn reopen_preserves_everything(b: Backend) {
                 b"b",
                 Record {
                     timestamp: 6,
-                    value: None
+                    value: None,
+                    tally: None,
                 }
             )
             .await
@@ -212,14 +217,16 @@ async fn reopen_preserves_everything(b: Backend) {
             disk.get_record(b"a").unwrap(),
             Some(Record {
                 timestamp: 5,
-                value: Some(b"x".to_vec())
+                value: Some(b"x".to_vec()),
+                tally: None,
             })
         );
         assert_eq!(
             disk.get_record(b"b").unwrap(),
             Some(Record {
                 timestamp: 6,
-                value: None
+                value: None,
+                tally: None,
             })
         );
         // Freed and used space is consistent after recovery: new writes do not clobber old ones.
@@ -308,6 +315,7 @@ fn rec(ts: u64, v: Option<&[u8]>) -> Record {
     Record {
         timestamp: ts,
         value: v.map(<[u8]>::to_vec),
+        tally: None,
     }
 }
 
@@ -369,6 +377,89 @@ async fn records_last_writer_wins(b: Backend) {
     assert_eq!(disk.get_record(b"k").unwrap(), Some(rec(12, Some(b""))));
 }
 
+/// A live record of `key` counted in the group of its first `group` bytes.
+fn tallied(ts: u64, group: u32, weight: u64) -> Record {
+    Record {
+        timestamp: ts,
+        value: Some(b"row".to_vec()),
+        tally: Some(Tally {
+            group_len: group,
+            weight,
+        }),
+    }
+}
+
+async fn tallies_follow_every_record_change(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = open(dir.path(), b, 8 * MIB);
+    let totals = |d: &Disk, g: &[u8]| {
+        let t = d.tally(g).unwrap();
+        (t.count, t.weight, t.stamp)
+    };
+    assert_eq!(
+        totals(&disk, b"g1/"),
+        (0, 0, 0),
+        "an unknown group is empty"
+    );
+    assert!(disk.put_record(b"g1/a", tallied(10, 3, 100)).await.unwrap());
+    assert!(disk.put_record(b"g1/b", tallied(11, 3, 20)).await.unwrap());
+    assert!(disk.put_record(b"g2/a", tallied(12, 3, 7)).await.unwrap());
+    assert_eq!(totals(&disk, b"g1/"), (2, 120, 11));
+    assert_eq!(totals(&disk, b"g2/"), (1, 7, 12));
+    // An overwrite moves the weight; a stale write changes nothing.
+    assert!(disk.put_record(b"g1/a", tallied(13, 3, 5)).await.unwrap());
+    assert!(!disk.put_record(b"g1/a", tallied(9, 3, 1000)).await.unwrap());
+    assert_eq!(totals(&disk, b"g1/"), (2, 25, 13));
+    // A tombstone takes the record out; a stale tombstone does not.
+    assert!(!disk.put_record(b"g1/b", rec(5, None)).await.unwrap());
+    assert!(disk.put_record(b"g1/b", rec(14, None)).await.unwrap());
+    assert_eq!(totals(&disk, b"g1/"), (1, 5, 14));
+    // Live again, then physically removed.
+    assert!(disk.put_record(b"g1/b", tallied(15, 3, 1)).await.unwrap());
+    assert_eq!(totals(&disk, b"g1/"), (2, 6, 15));
+    disk.remove_record(b"g1/b").await.unwrap();
+    assert_eq!(totals(&disk, b"g1/"), (1, 5, 15));
+    // An untallied record over a tallied one leaves the group.
+    assert!(disk
+        .put_record(b"g2/a", rec(16, Some(b"plain")))
+        .await
+        .unwrap());
+    assert_eq!(totals(&disk, b"g2/"), (0, 0, 16));
+    // A group longer than the key is refused, and changes nothing.
+    assert!(matches!(
+        disk.put_record(b"g1/c", tallied(17, 5, 1)).await,
+        Err(DiskError::BadRecord(_))
+    ));
+    assert_eq!(disk.get_record(b"g1/c").unwrap(), None);
+    // Many writes to one group in one round each count once.
+    let writes: Vec<_> = (0..64u64)
+        .map(|i| {
+            let disk = disk.clone();
+            tokio::spawn(async move {
+                let key = format!("g3/{}", i % 16).into_bytes();
+                disk.put_record(&key, tallied(100 + i, 3, i)).await.unwrap()
+            })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap();
+    }
+    let want: u64 = (0..16u64)
+        .map(|k| disk.get_record(format!("g3/{k}").as_bytes()).unwrap())
+        .map(|r| r.and_then(|r| r.tally).map_or(0, |t| t.weight))
+        .sum();
+    assert_eq!(totals(&disk, b"g3/").0, 16);
+    assert_eq!(totals(&disk, b"g3/").1, want);
+    drop(disk);
+    let disk = open(dir.path(), b, 8 * MIB);
+    assert_eq!(
+        totals(&disk, b"g1/"),
+        (1, 5, 15),
+        "tallies survive reopening"
+    );
+    assert_eq!(disk.get_record(b"g1/a").unwrap(), Some(tallied(13, 3, 5)));
+}
+
 async fn concurrent_record_writers_keep_the_newest(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let disk = open(dir.path(), b, 8 * MIB);
@@ -387,6 +478,7 @@ async fn concurrent_record_writers_keep_the_newest(b: Backend) {
                         Record {
                             timestamp: ts,
                             value: Some(value),
+                            tally: None,
                         },
                     )
                     .await
@@ -551,10 +643,12 @@ async fn bad_index_values_are_errors_not_panics() {
         let db = rocksdb::DB::open_cf(
             &opts,
             dir.path().join("index"),
-            ["chunks", "records", "meta", "blocks"],
+            ["chunks", "records", "meta", "blocks", "tallies"],
         )
         .unwrap();
         let chunks = db.cf_handle("chunks").unwrap();
+        db.put_cf(db.cf_handle("tallies").unwrap(), b"g/", b"\x01short")
+            .unwrap();
         let records = db.cf_handle("records").unwrap();
         db.put_cf(chunks, id(1).0, b"\x01garbage").unwrap();
         // A well-formed entry that points past the end of the data area.
@@ -595,6 +689,11 @@ async fn bad_index_values_are_errors_not_panics() {
     assert_eq!(disk.get_chunk(id(3)).await.unwrap(), None);
     disk.remove_record(b"r").await.unwrap();
     assert_eq!(disk.get_record(b"r").unwrap(), None);
+    // A damaged tally is an error to read; the next change to its group counts from zero.
+    assert!(disk.tally(b"g/").is_err());
+    assert!(disk.put_record(b"g/x", tallied(3, 2, 40)).await.unwrap());
+    let t = disk.tally(b"g/").unwrap();
+    assert_eq!((t.count, t.weight, t.stamp), (1, 40, 3));
 }
 
 #[tokio::test]
@@ -614,4 +713,144 @@ fn usable_outside_a_runtime_for_sync_calls() {
     assert!(!disk.has_chunk(id(1)).unwrap());
     assert_eq!(disk.get_record(b"x").unwrap(), None);
     assert_eq!(disk.usage().used_bytes, 0);
+}
+
+/// Block `b` of a volume as written at version `v`.
+fn vblock(b: u64, v: u64) -> Vec<u8> {
+    let mut out = vec![0u8; 4096];
+    blake3::Hasher::new()
+        .update(&b.to_le_bytes())
+        .update(&v.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// Writes blocks `0..n` of `volume` one at a time in a shuffled order, so that they lie
+/// scattered over the data area.
+async fn write_scattered(disk: &Disk, volume: u64, n: u64, version: u64, seed: u64) {
+    use rand::seq::SliceRandom;
+    let mut order: Vec<u64> = (0..n).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    for b in order {
+        disk.write_block_list(volume, &[b], Bytes::from(vblock(b, version)))
+            .await
+            .unwrap();
+    }
+}
+
+async fn wait_relocated(disk: &Disk, blocks: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while disk.commit_stats().relocated_blocks < blocks {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "relocation did not happen: {:?}",
+            disk.commit_stats()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn scattered_ranges_are_relocated_when_read(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = open(dir.path(), b, 64 * MIB);
+    write_scattered(&disk, 5, 256, 1, 7).await;
+    let expect: Vec<u8> = (0..256).flat_map(|b| vblock(b, 1)).collect();
+    let scattered = |d: &Disk| {
+        (1..256u64)
+            .filter(|&b| {
+                let at = |b| d.block_location(5, b).unwrap().unwrap();
+                at(b) != at(b - 1) + 4096
+            })
+            .count()
+    };
+    assert!(scattered(&disk) > 100, "the shuffled writes are scattered");
+    let read = disk.read_blocks(5, 0, 256).await.unwrap();
+    assert_eq!(&read.data[..], &expect[..]);
+    wait_relocated(&disk, 256).await;
+    assert_eq!(scattered(&disk), 0, "the range now lies in one run");
+    assert_eq!(
+        disk.read_blocks(5, 0, 256).await.unwrap().data[..],
+        expect[..]
+    );
+    // A range read in one run is left alone.
+    let stats = disk.commit_stats();
+    disk.read_blocks(5, 0, 256).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(disk.commit_stats().relocated_blocks, stats.relocated_blocks);
+    // The blocks the relocation left are free again once a synced round recorded it.
+    disk.sync().await.unwrap();
+    disk.put_record(b"synced", rec(1, Some(b"round")))
+        .await
+        .unwrap();
+    let used = disk.usage().used_bytes;
+    assert_eq!(used, 256 * 4096, "only the relocated copy is allocated");
+    drop(disk);
+    let disk = open(dir.path(), b, 64 * MIB);
+    assert_eq!(
+        disk.read_blocks(5, 0, 256).await.unwrap().data[..],
+        expect[..]
+    );
+    assert_eq!(scattered(&disk), 0);
+    assert_eq!(disk.usage().used_bytes, 256 * 4096);
+}
+
+async fn relocation_never_undoes_a_racing_write(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = open(dir.path(), b, 64 * MIB);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut version = vec![0u64; 128];
+    for round in 1..=30u64 {
+        write_scattered(&disk, 9, 128, round * 1000, round).await;
+        version.iter_mut().for_each(|v| *v = round * 1000);
+        // Reads (which relocate) race with writes and trims of some of the same blocks.
+        let reader = {
+            let disk = disk.clone();
+            tokio::spawn(async move {
+                for _ in 0..3 {
+                    disk.read_blocks(9, 0, 128).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for i in 0..8u64 {
+            let blk = rng.gen_range(0..128u64);
+            if rng.gen_bool(0.8) {
+                let v = round * 1000 + i + 1;
+                disk.write_block_list(9, &[blk], Bytes::from(vblock(blk, v)))
+                    .await
+                    .unwrap();
+                version[blk as usize] = v;
+            } else {
+                disk.trim_blocks(9, blk, 1).await.unwrap();
+                version[blk as usize] = 0;
+            }
+        }
+        reader.await.unwrap();
+        // Let relocations under way finish, then check every block.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let read = disk.read_blocks(9, 0, 128).await.unwrap();
+        for (blk, &v) in version.iter().enumerate() {
+            let got = &read.data[blk * 4096..(blk + 1) * 4096];
+            if v == 0 {
+                assert!(!read.present[blk], "round {round}: block {blk} was trimmed");
+            } else {
+                assert!(
+                    got == vblock(blk as u64, v).as_slice(),
+                    "round {round}: block {blk} is not version {v}"
+                );
+            }
+        }
+    }
+    let s = disk.commit_stats();
+    assert!(s.relocated_blocks > 0, "some relocation happened: {s:?}");
+    drop(disk);
+    let disk = open(dir.path(), b, 64 * MIB);
+    let read = disk.read_blocks(9, 0, 128).await.unwrap();
+    for (blk, &v) in version.iter().enumerate() {
+        assert_eq!(read.present[blk], v != 0);
+        if v != 0 {
+            assert!(read.data[blk * 4096..(blk + 1) * 4096] == vblock(blk as u64, v)[..]);
+        }
+    }
 }

@@ -19,7 +19,7 @@ use md5::{Digest, Md5};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_data::{DataError, DataPlane};
-use strata_disk::Record;
+use strata_disk::{Record, Tally};
 use strata_meta::{Check, MetaError, MetaStore, Op, Txn};
 use strata_types::{ChunkId, Hlc, Timestamp, OBJECT_CHUNK_SIZE_BYTES};
 
@@ -32,6 +32,9 @@ const EXPIRING: &str = "swift.expiring";
 /// How often the expirer looks for due objects, and how many it takes per pass.
 const EXPIRER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 const EXPIRER_BATCH: usize = 256;
+
+/// Container tally reads an account's usage keeps in flight.
+pub const USAGE_READS_IN_FLIGHT: usize = 16;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
@@ -401,10 +404,17 @@ impl ObjectService {
     pub async fn account_usage(&self, account: &str) -> Result<(u64, u64, u64)> {
         let containers = self.list_containers(account, "", None, usize::MAX).await?;
         let (mut objects, mut bytes) = (0, 0);
-        for (name, _) in &containers {
-            let (o, b) = self.container_usage(account, name).await?;
-            objects += o;
-            bytes += b;
+        for batch in containers.chunks(USAGE_READS_IN_FLIGHT) {
+            let usages = futures::future::try_join_all(
+                batch
+                    .iter()
+                    .map(|(name, info)| self.usage_of(account, name, info)),
+            )
+            .await?;
+            for (o, b) in usages {
+                objects += o;
+                bytes += b;
+            }
         }
         Ok((containers.len() as u64, objects, bytes))
     }
@@ -425,6 +435,7 @@ impl ObjectService {
             meta: meta.clone(),
             headers: headers.clone(),
             modified: None,
+            tallied: true,
         };
         let txn = Txn {
             checks: vec![Check::Absent {
@@ -511,9 +522,28 @@ impl ObjectService {
         }
     }
 
-    /// Object count and bytes of a container, from a quorum listing.
+    /// Object count and bytes of a container.
     pub async fn container_usage(&self, account: &str, container: &str) -> Result<(u64, u64)> {
+        let info = self.container(account, container).await?;
+        self.usage_of(account, container, &info).await
+    }
+
+    /// Object count and bytes of a container whose record was read: its listing's tally, or
+    /// for a container from before tallies, a quorum listing scan.
+    pub async fn usage_of(
+        &self,
+        account: &str,
+        container: &str,
+        info: &ContainerInfo,
+    ) -> Result<(u64, u64)> {
         let base = listing_base(account, container);
+        if info.tallied {
+            let t = self
+                .data
+                .tally(&listing_pkey(account, container), &base)
+                .await?;
+            return Ok((t.count, t.weight));
+        }
         let rows = self
             .data
             .scan_live(
@@ -858,10 +888,7 @@ impl ObjectService {
             .put_record(
                 &pkey,
                 &object_key(account, container, object),
-                Record {
-                    timestamp: ts.0,
-                    value: None,
-                },
+                Record::tombstone(ts.0),
             )
             .await?;
         let mut lkey = listing_base(account, container);
@@ -870,10 +897,7 @@ impl ObjectService {
             .put_record(
                 &listing_pkey(account, container),
                 &lkey,
-                Record {
-                    timestamp: ts.0,
-                    value: None,
-                },
+                Record::tombstone(ts.0),
             )
             .await?;
         self.delete_chunks(&pkey, info.chunks.iter().map(|c| c.0).collect())
@@ -922,10 +946,7 @@ impl ObjectService {
             .put_record(
                 &object_pkey(account, container, object),
                 &object_key(account, container, object),
-                Record {
-                    timestamp: ts.0,
-                    value: Some(model::encode_bin(info)),
-                },
+                Record::live(ts.0, model::encode_bin(info)),
             )
             .await?;
         let row = ListingEntry {
@@ -939,6 +960,11 @@ impl ObjectService {
             timestamp: ts,
         };
         let mut lkey = listing_base(account, container);
+        // The container's rows form one tally group: its object count and bytes used.
+        let tally = Tally {
+            group_len: lkey.len() as u32,
+            weight: info.size,
+        };
         lkey.extend_from_slice(object.as_bytes());
         self.data
             .put_record(
@@ -947,6 +973,7 @@ impl ObjectService {
                 Record {
                     timestamp: ts.0,
                     value: Some(model::encode_bin(&row)),
+                    tally: Some(tally),
                 },
             )
             .await?;

@@ -27,6 +27,10 @@ pub struct ContainerInfo {
     /// When the record last changed (PUT over it or POST); None: never since creation.
     #[serde(default)]
     pub modified: Option<Timestamp>,
+    /// Its listing rows count in a tally group (object count and bytes used are one tally
+    /// read); false for containers created before tallies, which are counted by a scan.
+    #[serde(default)]
+    pub tallied: bool,
 }
 
 impl ContainerInfo {

@@ -6,11 +6,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use strata_data::{DataConfig, DataPlane, Topology};
 use strata_disk::{Disk, DiskConfig};
-use strata_meta::MemMeta;
+use strata_meta::{MemMeta, MetaStore, Op, Txn};
 use strata_object::{ObjectError, ObjectService, PutOptions};
 use strata_placement::{Device, Ring, RingSpec};
 
 fn service(dir: &std::path::Path) -> Arc<ObjectService> {
+    service_on(dir, Arc::new(MemMeta::new()))
+}
+
+fn service_on(dir: &std::path::Path, meta: Arc<MemMeta>) -> Arc<ObjectService> {
     let disk = Disk::open(DiskConfig {
         dir: dir.join("disk0"),
         device: None,
@@ -44,7 +48,7 @@ fn service(dir: &std::path::Path) -> Arc<ObjectService> {
         ring: Arc::new(ring),
         addrs: HashMap::new(),
     });
-    ObjectService::new(data, Arc::new(MemMeta::new()))
+    ObjectService::new(data, meta)
 }
 
 fn body(parts: Vec<Vec<u8>>) -> impl futures::Stream<Item = Result<Bytes, String>> + Unpin {
@@ -169,6 +173,72 @@ async fn listing_and_counts_see_put_and_delete_at_once() {
         svc.delete_container("AUTH_t", "c").await,
         Err(ObjectError::ContainerNotEmpty { .. })
     ));
+}
+
+#[tokio::test]
+async fn counts_follow_overwrites_and_containers_from_before_tallies_are_scanned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = Arc::new(MemMeta::new());
+    // A container record written before listing rows were tallied: no `tallied` flag.
+    let old = br#"{"created":1000000,"meta":{}}"#.to_vec();
+    meta.write(Txn {
+        checks: vec![],
+        ops: vec![Op::Put {
+            table: "swift.containers".into(),
+            key: "AUTH_t/old".into(),
+            value: old,
+        }],
+    })
+    .await
+    .expect("old container record");
+    let svc = service_on(dir.path(), meta);
+    svc.put_container("AUTH_t", "new", BTreeMap::new(), BTreeMap::new())
+        .await
+        .expect("container");
+    for c in ["old", "new"] {
+        for (name, len) in [("a", 10), ("b", 3), ("a", 4)] {
+            svc.put_object(
+                "AUTH_t",
+                c,
+                name,
+                body(vec![vec![1; len]]),
+                PutOptions::default(),
+            )
+            .await
+            .expect("put");
+        }
+        assert_eq!(
+            svc.container_usage("AUTH_t", c).await.expect("usage"),
+            (2, 7),
+            "{c}: an overwrite counts once, with its new size"
+        );
+        svc.delete_object("AUTH_t", c, "b").await.expect("delete");
+        assert_eq!(
+            svc.container_usage("AUTH_t", c).await.expect("usage"),
+            (1, 4)
+        );
+    }
+    assert_eq!(svc.account_usage("AUTH_t").await.expect("usage"), (2, 2, 8));
+    let info = svc.container("AUTH_t", "new").await.expect("record");
+    assert!(info.tallied, "new containers are tallied");
+    assert!(
+        !svc.container("AUTH_t", "old")
+            .await
+            .expect("record")
+            .tallied
+    );
+    // Deleted and created again: counting starts from the empty container.
+    svc.delete_object("AUTH_t", "new", "a")
+        .await
+        .expect("delete");
+    svc.delete_container("AUTH_t", "new").await.expect("delete");
+    svc.put_container("AUTH_t", "new", BTreeMap::new(), BTreeMap::new())
+        .await
+        .expect("container again");
+    assert_eq!(
+        svc.container_usage("AUTH_t", "new").await.expect("usage"),
+        (0, 0)
+    );
 }
 
 #[tokio::test]

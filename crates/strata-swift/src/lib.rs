@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_api::AuthContext;
 use strata_identity::Identity;
-use strata_object::{ObjectError, ObjectInfo, ObjectService, PutOptions};
+use strata_object::{ObjectError, ObjectInfo, ObjectService, PutOptions, USAGE_READS_IN_FLIGHT};
 
 /// Swift's metadata limits, also advertised in `/info`.
 pub const META_NAME_BYTES_MAX: usize = 128;
@@ -728,29 +728,37 @@ async fn account_request(
                 .list_containers(account, &p.prefix, None, usize::MAX)
                 .await
                 .map_err(object_error)?;
-            let mut entries = Vec::new();
-            for row in listing::select(all, &p) {
-                match row {
+            // Each row's counts are a tally read: a few at once, in the listing's order.
+            let rows = listing::select(all, &p);
+            let mut entries = Vec::with_capacity(rows.len());
+            for batch in rows.chunks(USAGE_READS_IN_FLIGHT) {
+                let usages = futures::future::try_join_all(batch.iter().map(|row| match row {
                     listing::Row::Item(name, info) => {
-                        let (count, bytes) = objects
-                            .container_usage(account, &name)
-                            .await
-                            .map_err(object_error)?;
-                        entries.push(listing::ContainerRow {
-                            name,
+                        futures::future::Either::Left(objects.usage_of(account, name, info))
+                    }
+                    listing::Row::Subdir(_) => {
+                        futures::future::Either::Right(futures::future::ok((0, 0)))
+                    }
+                }))
+                .await
+                .map_err(object_error)?;
+                for (row, (count, bytes)) in batch.iter().zip(usages) {
+                    entries.push(match row {
+                        listing::Row::Item(name, info) => listing::ContainerRow {
+                            name: name.clone(),
                             count,
                             bytes,
                             created: info.last_modified(),
                             subdir: false,
-                        });
-                    }
-                    listing::Row::Subdir(name) => entries.push(listing::ContainerRow {
-                        name,
-                        count: 0,
-                        bytes: 0,
-                        created: strata_types::Timestamp(0),
-                        subdir: true,
-                    }),
+                        },
+                        listing::Row::Subdir(name) => listing::ContainerRow {
+                            name: name.clone(),
+                            count: 0,
+                            bytes: 0,
+                            created: strata_types::Timestamp(0),
+                            subdir: true,
+                        },
+                    });
                 }
             }
             Ok(listing::containers(headers, query, h, account, &entries))
@@ -907,7 +915,7 @@ async fn container_request(
                 .await
                 .map_err(object_error)?;
             let (count, bytes) = objects
-                .container_usage(account, container)
+                .usage_of(account, container, &info)
                 .await
                 .map_err(object_error)?;
             let mut h = HeaderMap::new();

@@ -168,7 +168,7 @@ pub async fn check_upload(
         if bytes_quota.is_some() || count_quota.is_some() {
             let (count, bytes) = gw
                 .objects
-                .container_usage(account, container)
+                .usage_of(account, container, &info)
                 .await
                 .map_err(object_error)?;
             if bytes_quota.is_some_and(|q| q < bytes.saturating_add(incoming))

@@ -1,0 +1,289 @@
+//! Relocation: a volume range that a read found scattered over many short runs is written
+//! again side by side, from the bytes the read just verified, and its index entries are
+//! swapped over only if nothing changed the range meanwhile. See `docs/architecture.md`
+//! ("Reads straighten fragmented ranges").
+
+use crate::blocks::BlockRead;
+use crate::buf::{AlignedBuf, BLOCK};
+use crate::commit::{CommitOp, Counters};
+use crate::disk::Disk;
+use crate::index::BlockEntry;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Write stamps per disk; a stamp covers the blocks whose `(volume, block >> SPAN_SHIFT)`
+/// hashes to it.
+const STAMPS: usize = 1024;
+const SPAN_SHIFT: u32 = 8;
+/// A read relocates only ranges of at least this many present blocks...
+const MIN_BLOCKS: usize = 32;
+/// ...whose mean run on disk is shorter than this many blocks.
+const MEAN_RUN_MAX: usize = 16;
+/// Relocations under way per disk; a fragmented read beyond them is not relocated.
+const IN_FLIGHT_MAX: usize = 4;
+
+/// Counters the committer bumps whenever it plans a write or trim of the blocks they cover.
+/// A relocation takes them before its read looks up the index and applies only if they are
+/// unchanged (hash collisions only cost a relocation, never a lost write).
+pub(crate) struct WriteStamps {
+    stamps: Box<[AtomicU64]>,
+    in_flight: AtomicUsize,
+}
+
+/// What must still hold for a relocation to apply: every block at the location the read
+/// found, and the stamps of the range as they were before that read.
+pub(crate) struct Expect {
+    pub addrs: Vec<u64>,
+    pub stamps: Vec<(usize, u64)>,
+}
+
+impl WriteStamps {
+    pub(crate) fn new() -> Self {
+        WriteStamps {
+            stamps: (0..STAMPS).map(|_| AtomicU64::new(0)).collect(),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn slot(volume: u64, span: u64) -> usize {
+        let h =
+            (volume.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ span).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        (h >> 54) as usize % STAMPS
+    }
+
+    /// The stamps covering blocks `first..first + count`, each once.
+    fn slots(volume: u64, first: u64, count: u64) -> Vec<usize> {
+        let (lo, hi) = (
+            first >> SPAN_SHIFT,
+            first.saturating_add(count.max(1) - 1) >> SPAN_SHIFT,
+        );
+        let mut slots: Vec<usize> = if hi - lo >= STAMPS as u64 {
+            (0..STAMPS).collect()
+        } else {
+            (lo..=hi).map(|span| Self::slot(volume, span)).collect()
+        };
+        slots.sort_unstable();
+        slots.dedup();
+        slots
+    }
+
+    /// The current stamps of a range, taken before the read that may relocate it.
+    pub(crate) fn take(&self, volume: u64, first: u64, count: u64) -> Vec<(usize, u64)> {
+        Self::slots(volume, first, count)
+            .into_iter()
+            .map(|s| (s, self.stamps[s].load(Ordering::SeqCst)))
+            .collect()
+    }
+
+    /// A write or trim of the range is planned.
+    pub(crate) fn bump(&self, volume: u64, first: u64, count: u64) {
+        for s in Self::slots(volume, first, count) {
+            self.stamps[s].fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A write of the (ascending) `blocks` is planned.
+    pub(crate) fn bump_blocks(&self, volume: u64, blocks: &[u64]) {
+        if let (Some(&first), Some(&last)) = (blocks.first(), blocks.last()) {
+            // Blocks of one request lie within one extent: the whole span is a few stamps.
+            self.bump(volume, first, last - first + 1);
+        }
+    }
+
+    pub(crate) fn unchanged(&self, taken: &[(usize, u64)]) -> bool {
+        taken
+            .iter()
+            .all(|&(s, v)| self.stamps[s].load(Ordering::SeqCst) == v)
+    }
+}
+
+impl Expect {
+    /// Does the relocation still apply, given the blocks' current entries?
+    pub(crate) fn holds(&self, stamps: &WriteStamps, current: &[Option<BlockEntry>]) -> bool {
+        stamps.unchanged(&self.stamps)
+            && current.len() == self.addrs.len()
+            && current
+                .iter()
+                .zip(&self.addrs)
+                .all(|(e, &addr)| e.is_some_and(|e| e.addr == addr))
+    }
+}
+
+/// Releases a relocation slot when the relocation ends, however it ends.
+struct Slot(Arc<WriteStamps>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs of `entries` that are contiguous both in the volume and on disk.
+fn runs(entries: &BTreeMap<u64, BlockEntry>) -> usize {
+    let mut runs = 0;
+    let mut prev: Option<(u64, u64)> = None;
+    for (&block, e) in entries {
+        if prev != Some((block, e.addr)) {
+            runs += 1;
+        }
+        prev = Some((block + 1, e.addr + 1));
+    }
+    runs
+}
+
+impl Disk {
+    /// After a verified read of blocks `first..` whose entries were `entries` (looked up after
+    /// `stamps` were taken): if the present blocks lie in many short runs, write them side by
+    /// side in the background and swap their entries over if nothing changed them meanwhile.
+    pub(crate) fn offer_relocation(
+        &self,
+        volume: u64,
+        first: u64,
+        entries: &BTreeMap<u64, BlockEntry>,
+        read: &BlockRead,
+        stamps: Vec<(usize, u64)>,
+    ) {
+        let n = entries.len();
+        if n < MIN_BLOCKS || runs(entries) * MEAN_RUN_MAX <= n {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(tx) = self.commit_sender() else {
+            return;
+        };
+        if self.stamps.in_flight.fetch_add(1, Ordering::SeqCst) >= IN_FLIGHT_MAX {
+            self.stamps.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let slot = Slot(self.stamps.clone());
+        let Some(ext) = self.lock_alloc().alloc(n as u64) else {
+            return;
+        };
+        let mut buf = AlignedBuf::for_overwrite(n);
+        let (mut blocks, mut addrs, mut crcs) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (i, (&block, e)) in entries.iter().enumerate() {
+            let at = (block - first) as usize * BLOCK;
+            buf.as_mut_slice()[i * BLOCK..(i + 1) * BLOCK]
+                .copy_from_slice(&read.data[at..at + BLOCK]);
+            blocks.push(block);
+            addrs.push(e.addr);
+            crcs.push(e.crc);
+        }
+        let (io, alloc) = (self.io.clone(), self.alloc.clone());
+        rt.spawn(async move {
+            let _slot = slot;
+            if let Err(e) = io.write(ext.start * BLOCK as u64, buf).await {
+                tracing::debug!(error = %e, "relocation write failed; range left as it is");
+                lock(&alloc).free(ext);
+                return;
+            }
+            // The disk closed meanwhile: nothing refers to the extent.
+            let Some(tx) = tx.upgrade() else {
+                lock(&alloc).free(ext);
+                return;
+            };
+            let (reply, answer) = oneshot::channel();
+            let op = CommitOp::WriteBlocks {
+                volume,
+                blocks,
+                start: ext.start,
+                crcs,
+                synced: false,
+                expect: Some(Expect { addrs, stamps }),
+                reply,
+            };
+            // Not holding the sender while waiting lets a closing disk's committer finish.
+            let sent = tx.send(op).await.is_ok();
+            drop(tx);
+            if !sent {
+                // The committer is gone; the op never reached it, nor the extent the index.
+                lock(&alloc).free(ext);
+                return;
+            }
+            if let Ok(Err(e)) = answer.await {
+                tracing::debug!(error = %e, "relocation not committed");
+            }
+        });
+    }
+}
+
+fn lock(
+    a: &std::sync::Mutex<crate::alloc::Allocator>,
+) -> std::sync::MutexGuard<'_, crate::alloc::Allocator> {
+    a.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counters of relocations, kept by the committer.
+pub(crate) fn note(counters: &Counters, applied: bool, blocks: usize) {
+    if applied {
+        counters
+            .relocated_blocks
+            .fetch_add(blocks as u64, Ordering::Relaxed);
+    } else {
+        counters.relocations_lost.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(addr: u64) -> BlockEntry {
+        BlockEntry::synced(addr, 0)
+    }
+
+    #[test]
+    fn runs_count_breaks_in_volume_or_on_disk() {
+        let m: BTreeMap<u64, BlockEntry> = [
+            (0, entry(10)),
+            (1, entry(11)),
+            (2, entry(50)),
+            (4, entry(51)),
+            (5, entry(52)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(runs(&m), 3);
+        assert_eq!(runs(&BTreeMap::new()), 0);
+    }
+
+    #[test]
+    fn stamps_change_with_writes_to_their_range_only() {
+        let s = WriteStamps::new();
+        let taken = s.take(7, 1000, 256);
+        assert!(s.unchanged(&taken));
+        // Other volumes and distant blocks may share a stamp (a lost relocation, never a lost
+        // write), but a write in the range always changes one.
+        s.bump_blocks(7, &[1100]);
+        assert!(!s.unchanged(&taken));
+        let again = s.take(7, 1000, 256);
+        assert!(s.unchanged(&again));
+        s.bump(7, 0, u64::MAX);
+        assert!(
+            !s.unchanged(&again),
+            "a trim of everything changes every stamp"
+        );
+    }
+
+    #[test]
+    fn expect_needs_every_location_unchanged() {
+        let s = WriteStamps::new();
+        let x = Expect {
+            addrs: vec![3, 9],
+            stamps: s.take(1, 0, 2),
+        };
+        assert!(x.holds(&s, &[Some(entry(3)), Some(entry(9))]));
+        assert!(!x.holds(&s, &[Some(entry(3)), Some(entry(10))]));
+        assert!(!x.holds(&s, &[Some(entry(3)), None]));
+        s.bump(1, 1, 1);
+        assert!(!x.holds(&s, &[Some(entry(3)), Some(entry(9))]));
+    }
+}
