@@ -27,8 +27,9 @@ quiet() {
 # --- Debian packages --------------------------------------------------------------------
 # clang + libclang-dev: bindgen for the rocksdb bindings; protobuf-compiler: tonic-build;
 # rclone: a further real Swift client for tests; libnbd-bin (nbdinfo, nbdcopy) and qemu-utils
-# (qemu-img, qemu-io): real NBD clients for the NBD server tests.
-APT_PACKAGES=(clang libclang-dev protobuf-compiler rclone libnbd-bin qemu-utils)
+# (qemu-img, qemu-io): real NBD clients for the NBD server tests; fio (its nbd engine): the
+# write-back cache test's verified random writes.
+APT_PACKAGES=(clang libclang-dev protobuf-compiler rclone libnbd-bin qemu-utils fio)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     if ! dpkg -s "$p" >/dev/null 2>&1; then
