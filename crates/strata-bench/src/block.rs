@@ -26,7 +26,8 @@ pub struct BlockJob {
 }
 
 /// The plan, in order: reads come after the region was written once; the first sequential
-/// read sees the prefill's layout, the second what the random writes left.
+/// read sees the prefill's layout, the second what the random writes left, the third what
+/// the second left (Strata straightens scattered ranges as it reads them).
 pub fn jobs() -> Vec<BlockJob> {
     let j = |name, rw, block_size, iodepth, flush| BlockJob {
         name,
@@ -44,6 +45,7 @@ pub fn jobs() -> Vec<BlockJob> {
         j("randwrite-4k-qd1-flush", "randwrite", 4096, 1, true),
         j("randwrite-4k-qd32-flush", "randwrite", 4096, 32, true),
         j("seqread-1m-qd8", "read", 1 << 20, 8, false),
+        j("seqread-1m-qd8-reread", "read", 1 << 20, 8, false),
         j("seqwrite-1m-qd8", "write", 1 << 20, 8, false),
     ]
 }

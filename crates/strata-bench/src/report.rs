@@ -271,6 +271,7 @@ impl Report {
         for (job, raw_job) in [
             ("seqread-1m-qd8-fresh", "seq-read-io_uring"),
             ("seqread-1m-qd8", "seq-read-io_uring"),
+            ("seqread-1m-qd8-reread", "seq-read-io_uring"),
             ("seqwrite-1m-qd8", "seq-write-io_uring"),
         ] {
             let frac = match (self.block_result("strata", job), self.fio(raw_job)) {
@@ -316,7 +317,8 @@ impl Report {
             "Strata: one replica; writes are acknowledged from the node's write-back cache and a FLUSH makes them durable. \
              qemu-nbd: raw file, `--cache=none --aio=io_uring` (writes reach the disk's cache; only a FLUSH makes them durable). \
              null: qemu-nbd over `null-co` (stores nothing). Jobs run in the order listed: `seqread-1m-qd8-fresh` reads the \
-             region as the prefill wrote it, `seqread-1m-qd8` after the random writes rewrote much of it.{}\n",
+             region as the prefill wrote it, `seqread-1m-qd8` after the random writes rewrote much of it, \
+             `seqread-1m-qd8-reread` once more after that (Strata rewrites the scattered ranges a read finds side by side).{}\n",
             if rbd {
                 " Ceph rbd: an image in a pool of size 1 on one BlueStore OSD, through librbd in fio's process \
                  with its default cache (`writearound`: a write is acknowledged once sent to the OSD, up to 24 MiB \
