@@ -23,6 +23,12 @@ const MIN_BLOCKS: usize = 32;
 const MEAN_RUN_MAX: usize = 16;
 /// Relocations under way per disk; a fragmented read beyond them is not relocated.
 const IN_FLIGHT_MAX: usize = 4;
+/// Relocated blocks after which a relocation is committed synced: the blocks it moved away
+/// from stay allocated until a synced round, so this bounds that space (64 MiB).
+const UNSYNCED_BLOCKS_MAX: u64 = 16384;
+/// No relocation while less than 1/`FREE_SHARE_MIN` of the data area is free: it briefly
+/// needs room for a second copy, which writes should not have to wait for.
+const FREE_SHARE_MIN: u64 = 16;
 
 /// Counters the committer bumps whenever it plans a write or trim of the blocks they cover.
 /// A relocation takes them before its read looks up the index and applies only if they are
@@ -30,6 +36,8 @@ const IN_FLIGHT_MAX: usize = 4;
 pub(crate) struct WriteStamps {
     stamps: Box<[AtomicU64]>,
     in_flight: AtomicUsize,
+    /// Blocks relocated by unsynced commits since the last synced one.
+    unsynced_blocks: AtomicU64,
 }
 
 /// What must still hold for a relocation to apply: every block at the location the read
@@ -44,6 +52,7 @@ impl WriteStamps {
         WriteStamps {
             stamps: (0..STAMPS).map(|_| AtomicU64::new(0)).collect(),
             in_flight: AtomicUsize::new(0),
+            unsynced_blocks: AtomicU64::new(0),
         }
     }
 
@@ -160,9 +169,25 @@ impl Disk {
             return;
         }
         let slot = Slot(self.stamps.clone());
-        let Some(ext) = self.lock_alloc().alloc(n as u64) else {
-            return;
+        let ext = {
+            let mut a = self.lock_alloc();
+            if (a.data_blocks() - a.used_blocks()) * FREE_SHARE_MIN < a.data_blocks() {
+                return;
+            }
+            match a.alloc(n as u64) {
+                Some(ext) => ext,
+                None => return,
+            }
         };
+        let moved = self
+            .stamps
+            .unsynced_blocks
+            .fetch_add(n as u64, Ordering::SeqCst)
+            + n as u64;
+        let synced = moved >= UNSYNCED_BLOCKS_MAX;
+        if synced {
+            self.stamps.unsynced_blocks.store(0, Ordering::SeqCst);
+        }
         let mut buf = AlignedBuf::for_overwrite(n);
         let (mut blocks, mut addrs, mut crcs) = (
             Vec::with_capacity(n),
@@ -196,7 +221,7 @@ impl Disk {
                 blocks,
                 start: ext.start,
                 crcs,
-                synced: false,
+                synced,
                 expect: Some(Expect { addrs, stamps }),
                 reply,
             };
