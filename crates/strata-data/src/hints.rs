@@ -121,6 +121,8 @@ impl DataPlane {
                     used_bytes: u.used_bytes,
                     chunks: u.chunks,
                     io_backend: u.io_backend.to_string(),
+                    relocated_bytes: d.commit_stats().relocated_blocks
+                        * strata_disk::BLOCK_BYTES as u64,
                 }
             })
             .collect();
