@@ -10,6 +10,12 @@ pub(crate) struct Extent {
     pub len: u64,
 }
 
+/// Locks an allocator. Its state stays consistent across a panic (each method finishes its
+/// updates before anything can panic), so a poisoned lock is still usable.
+pub(crate) fn lock(a: &std::sync::Mutex<Allocator>) -> std::sync::MutexGuard<'_, Allocator> {
+    a.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Debug)]
 pub(crate) struct Allocator {
     words: Vec<u64>,

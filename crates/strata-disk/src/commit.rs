@@ -597,11 +597,7 @@ impl Committer {
                     }
                 }
                 CommitOp::PutRecord { key, rec, .. } => {
-                    let current = match record_state.get(key.as_slice()) {
-                        Some(head) => Ok(*head),
-                        None => self.record_head(records, key),
-                    };
-                    match current {
+                    match self.record_head(&record_state, records, key) {
                         Ok(Some(head)) if head.0 >= rec.timestamp => {
                             record_state.insert(key.as_slice(), Some(head));
                             Outcome::Applied(false)
@@ -619,12 +615,8 @@ impl Committer {
                     }
                 }
                 CommitOp::RemoveRecord { key, .. } => {
-                    let current = match record_state.get(key.as_slice()) {
-                        Some(head) => Ok(*head),
-                        None => self.record_head(records, key),
-                    };
                     // An undecodable record counted in no tally this disk can read.
-                    let old = current.ok().flatten();
+                    let old = self.record_head(&record_state, records, key).ok().flatten();
                     if let Some((ts, Some(t))) = old {
                         note_tally(&mut tally_changes, key, Some(t), -1, ts);
                     }
@@ -923,12 +915,17 @@ impl Committer {
             .collect())
     }
 
-    /// The stored record's timestamp and, if it is live, its tally (`None`: no record).
+    /// The record's timestamp and, if it is live, its tally (`None`: no record), as of the ops
+    /// planned so far (`state`) or else as stored.
     fn record_head(
         &self,
+        state: &HashMap<&[u8], Option<(u64, Option<Tally>)>>,
         records: &rocksdb::ColumnFamily,
         key: &[u8],
     ) -> Result<Option<(u64, Option<Tally>)>> {
+        if let Some(head) = state.get(key) {
+            return Ok(*head);
+        }
         match self
             .db
             .get_pinned_cf(records, key)

@@ -264,9 +264,7 @@ impl Disk {
     }
 
     pub(crate) fn lock_alloc(&self) -> MutexGuard<'_, Allocator> {
-        // The allocator's state stays consistent across a panic (each method finishes its
-        // updates before anything can panic), so a poisoned lock is still usable.
-        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
+        crate::alloc::lock(&self.alloc)
     }
 
     pub(crate) fn io_err(&self, source: io::Error) -> DiskError {

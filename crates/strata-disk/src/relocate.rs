@@ -3,6 +3,7 @@
 //! swapped over only if nothing changed the range meanwhile. See `docs/architecture.md`
 //! ("Reads straighten fragmented ranges").
 
+use crate::alloc::lock;
 use crate::blocks::BlockRead;
 use crate::buf::{AlignedBuf, BLOCK};
 use crate::commit::{CommitOp, Counters};
@@ -62,28 +63,29 @@ impl WriteStamps {
         (h >> 54) as usize % STAMPS
     }
 
-    /// The stamps covering blocks `first..first + count`, each once.
-    fn slots(volume: u64, first: u64, count: u64) -> Vec<usize> {
+    /// The stamps covering blocks `first..first + count` (one may come up twice, which
+    /// changes nothing for a bump or a check).
+    fn slots(volume: u64, first: u64, count: u64) -> impl Iterator<Item = usize> {
         let (lo, hi) = (
             first >> SPAN_SHIFT,
             first.saturating_add(count.max(1) - 1) >> SPAN_SHIFT,
         );
-        let mut slots: Vec<usize> = if hi - lo >= STAMPS as u64 {
-            (0..STAMPS).collect()
-        } else {
-            (lo..=hi).map(|span| Self::slot(volume, span)).collect()
-        };
-        slots.sort_unstable();
-        slots.dedup();
-        slots
+        // A range over more spans than there are stamps covers every stamp.
+        let every = hi - lo >= STAMPS as u64;
+        let spans = (!every).then_some(lo..=hi).into_iter().flatten();
+        spans
+            .map(move |span| Self::slot(volume, span))
+            .chain(every.then_some(0..STAMPS).into_iter().flatten())
     }
 
-    /// The current stamps of a range, taken before the read that may relocate it.
-    pub(crate) fn take(&self, volume: u64, first: u64, count: u64) -> Vec<(usize, u64)> {
-        Self::slots(volume, first, count)
-            .into_iter()
-            .map(|s| (s, self.stamps[s].load(Ordering::SeqCst)))
-            .collect()
+    /// The current stamps of a range, taken before a read that may relocate it: `None` when
+    /// the read is too small to (random I/O pays nothing for relocation).
+    pub(crate) fn take(&self, volume: u64, first: u64, count: u64) -> Option<Vec<(usize, u64)>> {
+        (count >= MIN_BLOCKS as u64).then(|| {
+            Self::slots(volume, first, count)
+                .map(|s| (s, self.stamps[s].load(Ordering::SeqCst)))
+                .collect()
+        })
     }
 
     /// A write or trim of the range is planned.
@@ -152,9 +154,10 @@ impl Disk {
         first: u64,
         entries: &BTreeMap<u64, BlockEntry>,
         read: &BlockRead,
-        stamps: Vec<(usize, u64)>,
+        stamps: Option<Vec<(usize, u64)>>,
     ) {
         let n = entries.len();
+        let Some(stamps) = stamps else { return };
         if n < MIN_BLOCKS || runs(entries) * MEAN_RUN_MAX <= n {
             return;
         }
@@ -240,12 +243,6 @@ impl Disk {
     }
 }
 
-fn lock(
-    a: &std::sync::Mutex<crate::alloc::Allocator>,
-) -> std::sync::MutexGuard<'_, crate::alloc::Allocator> {
-    a.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Counters of relocations, kept by the committer.
 pub(crate) fn note(counters: &Counters, applied: bool, blocks: usize) {
     if applied {
@@ -283,13 +280,13 @@ mod tests {
     #[test]
     fn stamps_change_with_writes_to_their_range_only() {
         let s = WriteStamps::new();
-        let taken = s.take(7, 1000, 256);
+        let taken = s.take(7, 1000, 256).expect("a large read");
         assert!(s.unchanged(&taken));
         // Other volumes and distant blocks may share a stamp (a lost relocation, never a lost
         // write), but a write in the range always changes one.
         s.bump_blocks(7, &[1100]);
         assert!(!s.unchanged(&taken));
-        let again = s.take(7, 1000, 256);
+        let again = s.take(7, 1000, 256).expect("a large read");
         assert!(s.unchanged(&again));
         s.bump(7, 0, u64::MAX);
         assert!(
@@ -303,7 +300,7 @@ mod tests {
         let s = WriteStamps::new();
         let x = Expect {
             addrs: vec![3, 9],
-            stamps: s.take(1, 0, 2),
+            stamps: s.take(1, 0, 64).expect("a large read"),
         };
         assert!(x.holds(&s, &[Some(entry(3)), Some(entry(9))]));
         assert!(!x.holds(&s, &[Some(entry(3)), Some(entry(10))]));

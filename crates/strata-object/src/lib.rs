@@ -33,8 +33,8 @@ const EXPIRING: &str = "swift.expiring";
 const EXPIRER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 const EXPIRER_BATCH: usize = 256;
 
-/// Container tally reads an account's usage keeps in flight.
-pub const USAGE_READS_IN_FLIGHT: usize = 16;
+/// Container tally reads kept in flight for an account's usage or container listing.
+const USAGE_READS_IN_FLIGHT: usize = 16;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
@@ -403,20 +403,30 @@ impl ObjectService {
     /// Object count and bytes of every container of an account.
     pub async fn account_usage(&self, account: &str) -> Result<(u64, u64, u64)> {
         let containers = self.list_containers(account, "", None, usize::MAX).await?;
-        let (mut objects, mut bytes) = (0, 0);
-        for batch in containers.chunks(USAGE_READS_IN_FLIGHT) {
-            let usages = futures::future::try_join_all(
-                batch
-                    .iter()
-                    .map(|(name, info)| self.usage_of(account, name, info)),
-            )
-            .await?;
-            for (o, b) in usages {
-                objects += o;
-                bytes += b;
-            }
-        }
+        let named: Vec<_> = containers.iter().map(|(n, i)| (n.as_str(), i)).collect();
+        let (objects, bytes) = self
+            .usages(account, &named)
+            .await?
+            .into_iter()
+            .fold((0, 0), |(o, b), (co, cb)| (o + co, b + cb));
         Ok((containers.len() as u64, objects, bytes))
+    }
+
+    /// Object count and bytes of each of an account's containers whose records were read, in
+    /// their order: tally reads, a few at once.
+    pub async fn usages(
+        &self,
+        account: &str,
+        containers: &[(&str, &ContainerInfo)],
+    ) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::with_capacity(containers.len());
+        for batch in containers.chunks(USAGE_READS_IN_FLIGHT) {
+            let reads = batch
+                .iter()
+                .map(|(name, info)| self.usage_of(account, name, info));
+            out.extend(futures::future::try_join_all(reads).await?);
+        }
+        Ok(out)
     }
 
     // ---- containers ----

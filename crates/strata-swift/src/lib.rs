@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use strata_api::AuthContext;
 use strata_identity::Identity;
-use strata_object::{ObjectError, ObjectInfo, ObjectService, PutOptions, USAGE_READS_IN_FLIGHT};
+use strata_object::{ObjectError, ObjectInfo, ObjectService, PutOptions};
 
 /// Swift's metadata limits, also advertised in `/info`.
 pub const META_NAME_BYTES_MAX: usize = 128;
@@ -728,39 +728,41 @@ async fn account_request(
                 .list_containers(account, &p.prefix, None, usize::MAX)
                 .await
                 .map_err(object_error)?;
-            // Each row's counts are a tally read: a few at once, in the listing's order.
             let rows = listing::select(all, &p);
-            let mut entries = Vec::with_capacity(rows.len());
-            for batch in rows.chunks(USAGE_READS_IN_FLIGHT) {
-                let usages = futures::future::try_join_all(batch.iter().map(|row| match row {
-                    listing::Row::Item(name, info) => {
-                        futures::future::Either::Left(objects.usage_of(account, name, info))
-                    }
-                    listing::Row::Subdir(_) => {
-                        futures::future::Either::Right(futures::future::ok((0, 0)))
-                    }
-                }))
+            let items: Vec<_> = rows
+                .iter()
+                .filter_map(|row| match row {
+                    listing::Row::Item(name, info) => Some((name.as_str(), info)),
+                    listing::Row::Subdir(_) => None,
+                })
+                .collect();
+            let mut usages = objects
+                .usages(account, &items)
                 .await
-                .map_err(object_error)?;
-                for (row, (count, bytes)) in batch.iter().zip(usages) {
-                    entries.push(match row {
-                        listing::Row::Item(name, info) => listing::ContainerRow {
-                            name: name.clone(),
+                .map_err(object_error)?
+                .into_iter();
+            let entries: Vec<_> = rows
+                .into_iter()
+                .map(|row| match row {
+                    listing::Row::Item(name, info) => {
+                        let (count, bytes) = usages.next().unwrap_or_default();
+                        listing::ContainerRow {
+                            name,
                             count,
                             bytes,
                             created: info.last_modified(),
                             subdir: false,
-                        },
-                        listing::Row::Subdir(name) => listing::ContainerRow {
-                            name: name.clone(),
-                            count: 0,
-                            bytes: 0,
-                            created: strata_types::Timestamp(0),
-                            subdir: true,
-                        },
-                    });
-                }
-            }
+                        }
+                    }
+                    listing::Row::Subdir(name) => listing::ContainerRow {
+                        name,
+                        count: 0,
+                        bytes: 0,
+                        created: strata_types::Timestamp(0),
+                        subdir: true,
+                    },
+                })
+                .collect();
             Ok(listing::containers(headers, query, h, account, &entries))
         }
         Method::POST => {
