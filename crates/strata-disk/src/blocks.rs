@@ -202,9 +202,7 @@ impl Disk {
                 "block numbers must be strictly ascending".into(),
             ));
         }
-        let ext = self.lock_alloc().alloc(count).ok_or(DiskError::Full {
-            needed_bytes: len as u64,
-        })?;
+        let ext = self.alloc_extent(count).await?;
         let crcs: Vec<u32> = parts
             .iter()
             .flat_map(|p| p.chunks(BLOCK))

@@ -73,6 +73,10 @@ pub(crate) enum CommitOp {
     },
     /// Make every write answered so far durable.
     Sync { reply: oneshot::Sender<Result<()>> },
+    /// A synced round that also syncs the index, whatever else it carries, so that blocks
+    /// replaced by unsynced writes (`deferred`, `deferred_pending`) are released. Sent when an
+    /// allocation finds the disk full.
+    Reclaim { reply: oneshot::Sender<Result<()>> },
     /// Volume blocks `first..first + count` become holes.
     TrimBlocks {
         volume: u64,
@@ -486,15 +490,24 @@ impl Committer {
                 self.gen_used.store(false, Ordering::Relaxed);
             }
             released.append(&mut self.deferred.lock().unwrap_or_else(|p| p.into_inner()));
-            if !wb_was_empty {
+            let mut pending = self
+                .deferred_pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if wb_was_empty && !pending.is_empty() {
+                // Nothing was written, so the generation a sync-only round recorded unsynced
+                // is made durable by a sync of the index's log alone.
+                self.counters.index_syncs.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = self.db.flush_wal(true) {
+                    tracing::warn!(error = %e, "index sync failed; replaced blocks stay reserved");
+                } else {
+                    released.append(&mut pending);
+                }
+            } else if !wb_was_empty {
                 // The synced write made every generation recorded before it durable.
-                released.append(
-                    &mut self
-                        .deferred_pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()),
-                );
+                released.append(&mut pending);
             }
+            drop(pending);
         } else {
             self.gen_used.store(gen_used, Ordering::Relaxed);
             self.deferred
@@ -725,7 +738,7 @@ impl Committer {
                     }
                     Err(e) => Outcome::Failed(e),
                 },
-                CommitOp::Sync { .. } => Outcome::Done,
+                CommitOp::Sync { .. } | CommitOp::Reclaim { .. } => Outcome::Done,
             };
             outcomes.push(outcome);
         }
@@ -1012,7 +1025,8 @@ fn answer(op: CommitOp, outcome: Outcome) {
         | CommitOp::RemoveRecord { reply, .. }
         | CommitOp::WriteBlocks { reply, .. }
         | CommitOp::TrimBlocks { reply, .. }
-        | CommitOp::Sync { reply } => reply.send(unit(outcome)).is_ok(),
+        | CommitOp::Sync { reply }
+        | CommitOp::Reclaim { reply } => reply.send(unit(outcome)).is_ok(),
     };
     if !sent {
         tracing::debug!("writer stopped waiting before its write was acknowledged");

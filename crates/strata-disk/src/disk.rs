@@ -267,6 +267,19 @@ impl Disk {
         crate::alloc::lock(&self.alloc)
     }
 
+    /// A free extent of `blocks` blocks. When there is none, blocks that unsynced writes
+    /// replaced may still be held for crash safety: one synced round releases them, and the
+    /// allocation is tried once more.
+    pub(crate) async fn alloc_extent(&self, blocks: u64) -> Result<Extent> {
+        if let Some(ext) = self.lock_alloc().alloc(blocks) {
+            return Ok(ext);
+        }
+        self.submit(|reply| CommitOp::Reclaim { reply }).await?;
+        self.lock_alloc().alloc(blocks).ok_or(DiskError::Full {
+            needed_bytes: blocks * BLOCK as u64,
+        })
+    }
+
     pub(crate) fn io_err(&self, source: io::Error) -> DiskError {
         DiskError::Io {
             path: self.data_path.clone(),
@@ -303,9 +316,7 @@ impl Disk {
             });
         }
         let blocks = blocks_for(data.len()) as u64;
-        let ext = self.lock_alloc().alloc(blocks).ok_or(DiskError::Full {
-            needed_bytes: blocks * BLOCK as u64,
-        })?;
+        let ext = self.alloc_extent(blocks).await?;
         let offset = ext.start * BLOCK as u64;
         let entry = ChunkEntry::for_data(offset, &data, blake3);
         if blocks > 0 {

@@ -85,6 +85,7 @@ both_backends!(
     writers_share_syncs,
     scattered_ranges_are_relocated_when_read,
     relocation_never_undoes_a_racing_write,
+    unsynced_overwrites_of_a_full_disk_get_space_back,
 );
 
 async fn roundtrip_sizes(b: Backend) {
@@ -853,4 +854,74 @@ async fn relocation_never_undoes_a_racing_write(b: Backend) {
             assert!(read.data[blk * 4096..(blk + 1) * 4096] == vblock(blk as u64, v)[..]);
         }
     }
+}
+
+/// One MiB (256 blocks) of volume data, megabyte `m` at version `v`.
+fn vmib(m: u64, v: u64) -> Bytes {
+    Bytes::from(
+        (m * 256..(m + 1) * 256)
+            .flat_map(|b| vblock(b, v))
+            .collect::<Vec<u8>>(),
+    )
+}
+
+async fn write_mib_unsynced(disk: &Disk, volume: u64, m: u64, v: u64) {
+    let blocks: Vec<u64> = (m * 256..(m + 1) * 256).collect();
+    disk.write_block_parts_unsynced(volume, &blocks, &[vmib(m, v)])
+        .await
+        .unwrap_or_else(|e| panic!("unsynced write of MiB {m} at version {v}: {e}"));
+}
+
+/// Unsynced writes hold the durable blocks they replace until a synced round, so that a crash
+/// can fall back to them. On a full disk those blocks must be won back, not the write refused.
+async fn unsynced_overwrites_of_a_full_disk_get_space_back(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 MiB of data blocks.
+    let disk = open(dir.path(), b, 8 * MIB + 4096);
+    for m in 0..4 {
+        disk.write_blocks(1, m * 256, vmib(m, 1)).await.unwrap();
+    }
+    // Overwritten unsynced, the durable copies stay allocated: the disk is full.
+    for m in 0..4 {
+        write_mib_unsynced(&disk, 1, m, 2).await;
+    }
+    assert_eq!(disk.usage().used_bytes, 8 * MIB);
+    // A FLUSH makes the new copies durable but records that unsynced: the old ones are
+    // released only by a later sync of the index. The next write needs them.
+    disk.sync().await.unwrap();
+    write_mib_unsynced(&disk, 1, 4, 2).await;
+    assert_eq!(disk.usage().used_bytes, 5 * MIB);
+    // Many passes of unsynced overwrites, far more than the disk holds, with and without
+    // FLUSHes between them.
+    for v in 3..12 {
+        for m in 0..5 {
+            write_mib_unsynced(&disk, 1, m, v).await;
+        }
+        if v % 3 == 0 {
+            disk.sync().await.unwrap();
+        }
+    }
+    let check = |disk: Arc<Disk>| async move {
+        for m in 0..5 {
+            let got = disk.read_blocks(1, m * 256, 256).await.unwrap();
+            assert!(
+                got.data[..] == vmib(m, 11)[..],
+                "MiB {m} holds its last version"
+            );
+        }
+    };
+    check(disk.clone()).await;
+    // Space that is really in use is still refused.
+    disk.sync().await.unwrap();
+    let big: Vec<u64> = (1024..1024 + 4 * 256).collect();
+    let data: Vec<u8> = (0..4).flat_map(|m| vmib(m, 1)).collect();
+    assert!(matches!(
+        disk.write_block_parts_unsynced(2, &big, &[Bytes::from(data)])
+            .await,
+        Err(DiskError::Full { .. })
+    ));
+    drop(disk);
+    let disk = open(dir.path(), b, 8 * MIB + 4096);
+    check(disk.clone()).await;
+    assert_eq!(disk.usage().used_bytes, 5 * MIB);
 }
