@@ -13,7 +13,7 @@ use crate::index::{self, BlockEntry, CF_BLOCKS};
 use crate::{Disk, DiskError, Result};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use rocksdb::{Direction, IteratorMode, DB};
+use rocksdb::{Direction, IteratorMode, ReadOptions, DB};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -252,25 +252,32 @@ impl Disk {
     ) -> Result<BTreeMap<u64, BlockEntry>> {
         let cf = index::cf(&self.db, CF_BLOCKS)?;
         let from = index::block_key(volume, first);
-        let to = index::block_key(volume, first + count);
-        let mut out = BTreeMap::new();
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
-        {
-            let (k, v) = item.map_err(index::index_err)?;
-            if *k >= to[..] {
-                break;
-            }
-            let Some((_, block)) = index::decode_block_key(&k) else {
-                continue;
-            };
-            let entry = BlockEntry::decode(&v).ok_or(DiskError::CorruptBlock {
+        let decode = |block: u64, v: &[u8]| {
+            BlockEntry::decode(v).ok_or(DiskError::CorruptBlock {
                 volume,
                 block,
                 what: "undecodable index entry",
-            })?;
-            out.insert(block, entry);
+            })
+        };
+        let mut out = BTreeMap::new();
+        if count == 1 {
+            // A point lookup costs less than setting up an iterator (random 4 KiB reads).
+            if let Some(v) = self.db.get_pinned_cf(cf, from).map_err(index::index_err)? {
+                out.insert(first, decode(first, &v)?);
+            }
+            return Ok(out);
+        }
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(index::block_key(volume, first + count));
+        for item in self
+            .db
+            .iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (k, v) = item.map_err(index::index_err)?;
+            let Some((_, block)) = index::decode_block_key(&k) else {
+                continue;
+            };
+            out.insert(block, decode(block, &v)?);
         }
         Ok(out)
     }
