@@ -97,6 +97,19 @@ impl IoEngine {
         }
     }
 
+    /// Starts an fdatasync of the data file on the ring, from a plain (non-async) thread,
+    /// so the caller can do other work before [`PendingSync::wait`]. `None` without a ring.
+    pub(crate) fn datasync_start(&self) -> Option<PendingSync> {
+        match &self.backend {
+            Backend::Uring(ring) => Some(PendingSync(ring.start_blocking(
+                Op::Fsync,
+                0,
+                AlignedBuf::zeroed(0),
+            ))),
+            Backend::Syscall => None,
+        }
+    }
+
     /// fdatasync of the data file, from a plain (non-async) thread.
     pub(crate) fn datasync_blocking(&self) -> io::Result<()> {
         match &self.backend {
@@ -105,6 +118,16 @@ impl IoEngine {
                 .map(drop),
             Backend::Syscall => retry_intr(|| self.file.sync_data()),
         }
+    }
+}
+
+/// An fdatasync running on the ring.
+pub(crate) struct PendingSync(io::Result<oneshot::Receiver<io::Result<AlignedBuf>>>);
+
+impl PendingSync {
+    /// Waits for the fdatasync to finish.
+    pub(crate) fn wait(self) -> io::Result<()> {
+        self.0?.blocking_recv().map_err(|_| closed())?.map(drop)
     }
 }
 
@@ -229,6 +252,19 @@ impl RingHandle {
     }
 
     fn call_blocking(&self, op: Op, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
+        self.start_blocking(op, offset, buf)?
+            .blocking_recv()
+            .map_err(|_| closed())?
+    }
+
+    /// Hands an operation to the ring thread from a plain thread; the answer comes on the
+    /// returned channel.
+    fn start_blocking(
+        &self,
+        op: Op,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> io::Result<oneshot::Receiver<io::Result<AlignedBuf>>> {
         let tx = self.tx.as_ref().ok_or_else(closed)?;
         let (reply, rx) = oneshot::channel();
         tx.blocking_send(Request {
@@ -239,7 +275,7 @@ impl RingHandle {
         })
         .map_err(|_| closed())?;
         self.kick();
-        rx.blocking_recv().map_err(|_| closed())?
+        Ok(rx)
     }
 }
 
