@@ -136,6 +136,26 @@ def single_node(request, strata_bin, admin_password, tmp_path_factory):
         _cleanup([node])
 
 
+@pytest.fixture
+def small_disk_node(request, strata_bin, admin_password, tmp_path):
+    """One node whose only disk holds 64 MiB, for tests that fill it."""
+    node = Node(
+        binary=strata_bin,
+        workdir=tmp_path / "small",
+        node_id=1,
+        bind="127.0.0.1",
+        password=admin_password,
+        disk_bytes=64 * 1024 * 1024,
+    )
+    _activate([node])
+    try:
+        node.start()
+        node.wait_ready()
+        yield node
+    finally:
+        _cleanup([node])
+
+
 def _running_cluster(request, c: Cluster):
     """Starts `c`, yields it ready, and cleans up after (a fixture body)."""
     _activate(c.nodes)

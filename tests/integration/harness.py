@@ -222,6 +222,7 @@ class Node:
         zone: str = "zone1",
         ports: Ports | None = None,
         cluster: ClusterSettings = ClusterSettings(),
+        disk_bytes: int = DISK_BYTES,
     ):
         require_loopback(bind)
         self.binary = Path(binary)
@@ -245,6 +246,7 @@ class Node:
                 bind=bind,
                 ports=self.ports,
                 cluster=cluster,
+                disk_bytes=disk_bytes,
             )
         )
         with _all_nodes_lock:

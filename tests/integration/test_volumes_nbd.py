@@ -148,3 +148,30 @@ def test_reads_straighten_what_random_writes_scattered(single_node, tmp_path):
     third = tmp_path / "third.raw"
     run("qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(third))
     assert first.read_bytes() == third.read_bytes()
+
+
+def test_a_full_disk_answers_enospc_and_recovers(small_disk_node):
+    """A volume larger than its node's 64 MiB disk. Writes past the space fail with
+    NBD_ENOSPC, not EIO: QEMU's default `werror=enospc` pauses the guest on it instead of
+    failing the guest's write. What was written before stays readable, and once space is
+    freed (here by discarding the range that failed) writes go through again."""
+    node = small_disk_node
+    node.admin("volume", "create", "full", "128M")
+    url = node.nbd_url("full")
+    run("qemu-io", "-f", "raw", url, "-c", f"write -P 0x21 0 {8 * MiB}", "-c", "flush")
+    p = subprocess.run(
+        ["qemu-io", "-f", "raw", url,
+         "-c", f"write -P 0x42 {8 * MiB} {96 * MiB}", "-c", "flush"],  # fmt: skip
+        capture_output=True, text=True, timeout=300,
+    )
+    out = p.stdout + p.stderr
+    assert "No space left on device" in out, out
+    assert "Input/output error" not in out, out
+    assert node.running(), "the node died when its disk filled"
+    out = run("qemu-io", "-f", "raw", url, "-c", f"read -P 0x21 0 {8 * MiB}")
+    assert "Pattern verification failed" not in out, out
+    run("qemu-io", "-f", "raw", url, "-c", f"discard {8 * MiB} {96 * MiB}")
+    out = run("qemu-io", "-f", "raw", url,
+              "-c", f"write -P 0x63 {8 * MiB} {16 * MiB}", "-c", "flush",
+              "-c", f"read -P 0x63 {8 * MiB} {16 * MiB}", "-c", f"read -P 0x21 0 {8 * MiB}")  # fmt: skip
+    assert "Pattern verification failed" not in out, out

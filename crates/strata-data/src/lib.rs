@@ -46,6 +46,18 @@ pub enum DataError {
     Rpc { node: NodeId, message: String },
     #[error("disk {disk} is not on this node")]
     UnknownDisk { disk: DiskId },
+    #[error("node {node} has no space: {message}")]
+    NoSpace { node: NodeId, message: String },
+}
+
+impl DataError {
+    /// A disk refused the write for lack of space (before changing anything).
+    pub fn is_no_space(&self) -> bool {
+        matches!(
+            self,
+            DataError::Disk(DiskError::Full { .. }) | DataError::NoSpace { .. }
+        )
+    }
 }
 
 pub type Result<T> = std::result::Result<T, DataError>;

@@ -340,6 +340,12 @@ impl Peers {
 }
 
 fn rpc_err(node: NodeId, status: tonic::Status) -> DataError {
+    if status.code() == tonic::Code::ResourceExhausted {
+        return DataError::NoSpace {
+            node,
+            message: status.message().to_string(),
+        };
+    }
     DataError::Rpc {
         node,
         message: format!("{:?}: {}", status.code(), status.message()),

@@ -41,6 +41,7 @@ fn chunk_id(b: &[u8]) -> Result<ChunkId, Status> {
 fn data_status(e: crate::DataError) -> Status {
     match e {
         crate::DataError::Disk(d) => disk_status(d),
+        e @ crate::DataError::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }

@@ -20,6 +20,7 @@
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
+use strata_nbd::NbdError;
 use tokio::sync::{Notify, Semaphore};
 
 /// Most bytes a volume keeps dirty; a write that would pass it waits for the writeback.
@@ -75,7 +76,7 @@ struct State {
     failures: u64,
     /// Batches that failed since the last one that succeeded.
     failing: u32,
-    last_error: String,
+    last_error: NbdError,
     /// A writeback task is running.
     running: bool,
 }
@@ -195,7 +196,7 @@ impl Cache {
                 written: 0,
                 failures: 0,
                 failing: 0,
-                last_error: String::new(),
+                last_error: NbdError::Io(String::new()),
                 running: false,
             }),
             progress: Notify::new(),
@@ -208,7 +209,7 @@ impl Cache {
     }
 
     /// Wait until `cond` holds (`Ok`) or a batch fails (`Err` with its error).
-    async fn wait(&self, cond: impl Fn(&State) -> bool) -> Result<(), String> {
+    async fn wait(&self, cond: impl Fn(&State) -> bool) -> Result<(), NbdError> {
         let failures = self.lock().failures;
         loop {
             let notified = self.progress.notified();
@@ -234,13 +235,13 @@ impl Cache {
     }
 
     /// Wait until a write of `len` bytes fits.
-    pub async fn wait_room(&self, len: usize) -> Result<(), String> {
+    pub async fn wait_room(&self, len: usize) -> Result<(), NbdError> {
         self.wait(|s| s.bytes == 0 || s.bytes + len <= CACHE_BYTES_MAX)
             .await
     }
 
     /// Wait until every write up to `seq` is durable.
-    pub async fn wait_written(&self, seq: u64) -> Result<(), String> {
+    pub async fn wait_written(&self, seq: u64) -> Result<(), NbdError> {
         self.wait(|s| s.written >= seq).await
     }
 
@@ -287,7 +288,7 @@ impl Cache {
 
     /// A direct change finished: the writes it superseded count as written if it succeeded;
     /// if not, waiters hear of the failure.
-    pub fn settled(&self, error: Option<String>) {
+    pub fn settled(&self, error: Option<NbdError>) {
         let mut s = self.lock();
         s.recompute_written();
         if let Some(e) = error {
@@ -351,7 +352,7 @@ impl Cache {
 
     /// Record the outcome of writing some blocks of a batch (`Err`: none of them is known
     /// to be durable).
-    pub fn finish(&self, blocks: &[(u64, u64, Bytes)], error: Option<String>) {
+    pub fn finish(&self, blocks: &[(u64, u64, Bytes)], error: Option<NbdError>) {
         let mut s = self.lock();
         s.inflight -= blocks.len();
         for (block, seq, _) in blocks {
@@ -413,7 +414,7 @@ impl Cache {
             s.clear();
             s.recompute_written();
             s.failures += 1;
-            s.last_error = why;
+            s.last_error = NbdError::Io(why);
         }
         drop(s);
         self.progress.notify_waiters();
@@ -533,7 +534,7 @@ mod tests {
         let b = batch(&c);
         c.finish(&b.blocks[..1], None);
         c.finish(&b.blocks[2..], None);
-        c.finish(&b.blocks[1..2], Some("replica down".into()));
+        c.finish(&b.blocks[1..2], Some(NbdError::Io("replica down".into())));
         assert_eq!(c.dirty_bytes(), BLOCK);
         {
             let s = c.lock();

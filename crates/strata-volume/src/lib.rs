@@ -115,7 +115,13 @@ fn pieces(offset: u64, len: u64) -> Vec<Piece> {
 
 fn io_err(e: DataError) -> NbdError {
     tracing::warn!(error = %e, "volume I/O failed");
-    NbdError::Io(e.to_string())
+    if e.is_no_space() {
+        // NBD_ENOSPC: QEMU's default `werror=enospc` pauses the guest instead of failing
+        // its write, until space is freed and the guest resumed.
+        NbdError::NoSpace(e.to_string())
+    } else {
+        NbdError::Io(e.to_string())
+    }
 }
 
 fn check_range(size_bytes: u64, offset: u64, len: u64) -> NbdResult<()> {
@@ -240,9 +246,7 @@ impl Volume {
             Ok(())
         }
         .await;
-        self.io
-            .cache
-            .settled(r.as_ref().err().map(|e: &NbdError| e.to_string()));
+        self.io.cache.settled(r.as_ref().err().cloned());
         r
     }
 }
@@ -271,7 +275,7 @@ impl Io {
     /// Wait until every write up to `seq` is written back, then sync the local disks that
     /// took some of them unsynced.
     async fn wait_durable(&self, seq: u64) -> NbdResult<()> {
-        self.cache.wait_written(seq).await.map_err(NbdError::Io)?;
+        self.cache.wait_written(seq).await?;
         self.sync_disks().await
     }
 
@@ -341,7 +345,7 @@ impl Io {
                     let res = self
                         .write_blocks(layer, extent, &blocks, &data, false)
                         .await;
-                    let error = res.err().map(|e| e.to_string());
+                    let error = res.err();
                     if let Some(e) = &error {
                         tracing::warn!(layer, extent, error = %e,
                             "volume writeback failed; the blocks stay cached and are retried");
@@ -415,11 +419,21 @@ impl Io {
         let needed = self.data.write_quorum(replicas.len());
         let mut acked = 0;
         let mut last = None;
+        // A disk that refused for lack of space wrote nothing: while no replica took the
+        // write, every replica still holds the same blocks and none is stale.
+        let taken = results.iter().any(Result::is_ok);
+        let mut no_space = false;
         for (r, res) in replicas.iter().zip(results) {
             let stale = self.insync.is_stale(layer, r.disk);
             match res {
                 Ok(()) if !stale => acked += 1,
                 Ok(()) => {}
+                Err(e) if e.is_no_space() && !taken => {
+                    tracing::warn!(layer, disk = r.disk, node = r.node, error = %e,
+                        "a volume write found no space");
+                    no_space = true;
+                    last = Some(e);
+                }
                 Err(e) => {
                     if stale {
                         tracing::debug!(layer, disk = r.disk, error = %e,
@@ -441,11 +455,16 @@ impl Io {
         if acked >= needed {
             return Ok(());
         }
-        Err(NbdError::Io(format!(
+        let msg = format!(
             "write reached {acked} of the {needed} in-sync replicas it needs{}",
             last.map(|e| format!(" (last error: {e})"))
                 .unwrap_or_default()
-        )))
+        );
+        Err(if no_space {
+            NbdError::NoSpace(msg)
+        } else {
+            NbdError::Io(msg)
+        })
     }
 
     /// Read one piece of one layer from the first in-sync replica that answers with verified
@@ -580,11 +599,7 @@ impl BlockTarget for Volume {
             let seq = {
                 let spec = self.spec.read().await;
                 check_range(spec.size_bytes, offset, data.len() as u64)?;
-                self.io
-                    .cache
-                    .wait_room(data.len())
-                    .await
-                    .map_err(NbdError::Io)?;
+                self.io.cache.wait_room(data.len()).await?;
                 let seq = self.io.cache.insert(offset / BLOCK, &data);
                 self.io.kick();
                 seq
