@@ -208,13 +208,25 @@ impl Disk {
             .flat_map(|p| p.chunks(BLOCK))
             .map(crc32c::crc32c)
             .collect();
-        let mut buf = AlignedBuf::for_overwrite(count as usize);
-        let mut at = 0;
-        for p in parts {
-            buf.as_mut_slice()[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
-        }
-        if let Err(e) = self.io.write(ext.start * BLOCK as u64, buf).await {
+        let offset = ext.start * BLOCK as u64;
+        let written = if self.io.writes_in_place()
+            && parts
+                .iter()
+                .all(|p| (p.as_ptr() as usize).is_multiple_of(BLOCK))
+        {
+            // Block-aligned parts (an NBD payload is received into such a buffer) go to
+            // the disk from where they are, without a copy.
+            self.io.write_parts(offset, parts.to_vec()).await
+        } else {
+            let mut buf = AlignedBuf::for_overwrite(count as usize);
+            let mut at = 0;
+            for p in parts {
+                buf.as_mut_slice()[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            self.io.write(offset, buf).await
+        };
+        if let Err(e) = written {
             // The write finished (with an error); nothing refers to these blocks.
             self.lock_alloc().free(ext);
             return Err(self.io_err(e));

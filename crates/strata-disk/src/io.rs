@@ -2,6 +2,7 @@
 //! pool where io_uring is unavailable. Both move whole aligned blocks only.
 
 use crate::buf::AlignedBuf;
+use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 use std::fs::File;
 use std::io;
@@ -94,6 +95,22 @@ impl IoEngine {
                 let file = self.file.clone();
                 blocking(move || write_full_at(&file, buf.as_slice(), offset)).await
             }
+        }
+    }
+
+    /// Whether [`IoEngine::write_parts`] can write from the callers' buffers.
+    pub(crate) fn writes_in_place(&self) -> bool {
+        matches!(self.backend, Backend::Uring(_))
+    }
+
+    /// Writes `parts` one after the other at byte `offset` (block aligned), straight from
+    /// their memory: every part must start on a 4 KiB block boundary and be a whole number of
+    /// blocks (O_DIRECT). Parts adjacent in memory go out as one piece. Only with a ring
+    /// ([`IoEngine::writes_in_place`]).
+    pub(crate) async fn write_parts(&self, offset: u64, parts: Vec<Bytes>) -> io::Result<()> {
+        match &self.backend {
+            Backend::Uring(ring) => ring.call_parts(offset, parts).await.map(drop),
+            Backend::Syscall => Err(io::Error::other("in-place writes need io_uring")),
         }
     }
 
@@ -193,6 +210,8 @@ pub(crate) fn write_full_at(file: &File, buf: &[u8], offset: u64) -> io::Result<
 enum Op {
     Read,
     Write,
+    /// A write from the memory of `Request::parts`.
+    Writev,
     Fsync,
 }
 
@@ -200,7 +219,66 @@ struct Request {
     op: Op,
     offset: u64,
     buf: AlignedBuf,
+    parts: Vec<Bytes>,
     reply: oneshot::Sender<io::Result<AlignedBuf>>,
+}
+
+/// The pieces of a [`Op::Writev`]: the parts (kept alive while the kernel reads them) and
+/// their iovecs, runs of parts adjacent in memory merged.
+struct Vectored {
+    _parts: Vec<Bytes>,
+    iov: Box<[libc::iovec]>,
+    /// What is left to write: `iov`, or its tail after a short write.
+    rest: Box<[libc::iovec]>,
+    len: usize,
+}
+
+// SAFETY: the iovecs point into `_parts`, which this owns; they are only read (by the
+// kernel) while the operation is in flight, like the `Bytes` themselves.
+unsafe impl Send for Vectored {}
+
+impl Vectored {
+    fn new(parts: Vec<Bytes>) -> Self {
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(parts.len());
+        for p in &parts {
+            match iov.last_mut() {
+                Some(last) if (last.iov_base as usize) + last.iov_len == p.as_ptr() as usize => {
+                    last.iov_len += p.len();
+                }
+                _ => iov.push(libc::iovec {
+                    iov_base: p.as_ptr() as *mut libc::c_void,
+                    iov_len: p.len(),
+                }),
+            }
+        }
+        let len = parts.iter().map(Bytes::len).sum();
+        let iov = iov.into_boxed_slice();
+        Vectored {
+            _parts: parts,
+            rest: iov.clone(),
+            iov,
+            len,
+        }
+    }
+
+    /// Points `rest` at the bytes from `from` on (to go on after a short write).
+    fn skip_to(&mut self, from: usize) {
+        let mut skip = from;
+        let mut rest = Vec::with_capacity(self.iov.len());
+        for v in self.iov.iter() {
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            rest.push(libc::iovec {
+                // SAFETY: `skip < iov_len`, so the pointer stays inside this piece.
+                iov_base: unsafe { (v.iov_base as *mut u8).add(skip) }.cast(),
+                iov_len: v.iov_len - skip,
+            });
+            skip = 0;
+        }
+        self.rest = rest.into_boxed_slice();
+    }
 }
 
 /// The caller's side of the ring thread.
@@ -237,16 +315,32 @@ impl RingHandle {
     }
 
     async fn call(&self, op: Op, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
-        let tx = self.tx.as_ref().ok_or_else(closed)?;
-        let (reply, rx) = oneshot::channel();
-        tx.send(Request {
+        self.send(Request {
             op,
             offset,
             buf,
-            reply,
+            parts: Vec::new(),
+            reply: oneshot::channel().0,
         })
         .await
-        .map_err(|_| closed())?;
+    }
+
+    async fn call_parts(&self, offset: u64, parts: Vec<Bytes>) -> io::Result<AlignedBuf> {
+        self.send(Request {
+            op: Op::Writev,
+            offset,
+            buf: AlignedBuf::zeroed(0),
+            parts,
+            reply: oneshot::channel().0,
+        })
+        .await
+    }
+
+    async fn send(&self, mut req: Request) -> io::Result<AlignedBuf> {
+        let tx = self.tx.as_ref().ok_or_else(closed)?;
+        let (reply, rx) = oneshot::channel();
+        req.reply = reply;
+        tx.send(req).await.map_err(|_| closed())?;
         self.kick();
         rx.await.map_err(|_| closed())?
     }
@@ -271,6 +365,7 @@ impl RingHandle {
             op,
             offset,
             buf,
+            parts: Vec::new(),
             reply,
         })
         .map_err(|_| closed())?;
@@ -308,8 +403,19 @@ struct InFlight {
     op: Op,
     offset: u64,
     buf: AlignedBuf,
+    /// The pieces of an [`Op::Writev`].
+    vectored: Option<Vectored>,
     done: usize,
     reply: oneshot::Sender<io::Result<AlignedBuf>>,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        match &self.vectored {
+            Some(v) => v.len,
+            None => self.buf.len(),
+        }
+    }
 }
 
 struct RingThread {
@@ -387,10 +493,12 @@ impl RingThread {
                 .send(Err(io::Error::other("io_uring slots exhausted")));
             return;
         };
+        let vectored = (req.op == Op::Writev).then(|| Vectored::new(req.parts));
         self.slots[slot] = Some(InFlight {
             op: req.op,
             offset: req.offset,
             buf: req.buf,
+            vectored,
             done: 0,
             reply: req.reply,
         });
@@ -403,9 +511,21 @@ impl RingThread {
         let Some(f) = self.slots[slot].as_mut() else {
             return;
         };
-        let remaining = (f.buf.len() - f.done) as u32;
+        let remaining = (f.len() - f.done) as u32;
         let at = f.offset + f.done as u64;
         let entry = match f.op {
+            Op::Writev => match f.vectored.as_mut() {
+                Some(v) => {
+                    if f.done > 0 {
+                        // A short write: go on from where it stopped.
+                        v.skip_to(f.done);
+                    }
+                    opcode::Writev::new(fd, v.rest.as_ptr(), v.rest.len() as u32)
+                        .offset(at)
+                        .build()
+                }
+                None => opcode::Nop::new().build(),
+            },
             Op::Read => {
                 // SAFETY: `done < len`, so the pointer stays inside the buffer.
                 let ptr = unsafe { f.buf.as_mut_ptr().add(f.done) };
@@ -480,7 +600,7 @@ impl RingThread {
             })
         } else {
             f.done += res as usize;
-            if f.done < f.buf.len() {
+            if f.done < f.len() {
                 // Short read or write: go on with the rest.
                 self.submit_slot(slot);
                 return;

@@ -22,6 +22,7 @@
 mod exports;
 mod file;
 mod mem;
+mod payload;
 pub mod proto;
 mod server;
 mod target;
@@ -29,6 +30,7 @@ mod target;
 pub use exports::{Export, ExportError, Exports};
 pub use file::FileTarget;
 pub use mem::{MemTarget, PAGE_SIZE};
+pub use payload::PAYLOAD_ALIGN;
 pub use server::{serve_tcp, serve_unix, ConnError, Server, ServerConfig};
 pub use target::{
     BlockSizes, BlockTarget, Extent, NbdError, NbdResult, ReadChunk, DEFAULT_MAX_PAYLOAD,

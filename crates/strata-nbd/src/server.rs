@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::exports::{Export, Exports};
+use crate::payload::Payload;
 use crate::proto::*;
 use crate::target::{BlockSizes, BlockTarget, Extent, NbdError, ReadChunk};
 
@@ -725,12 +726,12 @@ where
     }
 }
 
-/// Reads exactly `len` bytes without zero-filling the buffer first.
+/// Reads exactly `len` bytes, without zero-filling the buffer first, into block-aligned
+/// memory (see [`crate::payload`]).
 async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(len);
-    let mut take = rd.take(len as u64);
-    while buf.len() < len {
-        if take.read_buf(&mut buf).await? == 0 {
+    let mut buf = Payload::with_capacity(len)?;
+    while !buf.is_full() {
+        if rd.read_buf(&mut buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
