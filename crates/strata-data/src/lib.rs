@@ -248,8 +248,8 @@ impl DataPlane {
     }
 
     /// [`DataPlane::replica_write_blocks`] with the data in consecutive parts (each a whole
-    /// number of blocks): a local disk copies them once into its write buffer; a remote one
-    /// gets them joined into one message.
+    /// number of blocks): a local disk writes block-aligned parts in place (else copies them
+    /// once into its write buffer); a remote one gets them joined into one message.
     pub async fn replica_write_block_parts(
         &self,
         r: Replica,

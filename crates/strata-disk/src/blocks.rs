@@ -148,7 +148,8 @@ impl Disk {
     }
 
     /// [`Disk::write_block_list`] with the data in consecutive parts (each a whole number of
-    /// blocks), copied once, straight into the aligned buffer the disk write uses.
+    /// blocks). Parts that all start on a 4 KiB boundary are written from where they are
+    /// (io_uring); others are copied once into the aligned buffer the disk write uses.
     pub async fn write_block_parts(
         &self,
         volume: u64,

@@ -338,7 +338,8 @@ impl Io {
             .map(|(extent, r)| {
                 let part = &batch.blocks[r];
                 let blocks: Vec<u64> = part.iter().map(|(b, _, _)| *b).collect();
-                // The cached blocks as they are: the disk copies them once into its buffer.
+                // The cached blocks as they are: slices of the NBD payloads, which the disk
+                // writes in place (they are 4 KiB aligned).
                 let data: Vec<Bytes> = part.iter().map(|(_, _, d)| d.clone()).collect();
                 let layer = batch.layer;
                 async move {
