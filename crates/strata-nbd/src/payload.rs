@@ -6,9 +6,23 @@ use bytes::{BufMut, Bytes};
 use std::alloc::{self, Layout};
 use std::io;
 use std::ptr::NonNull;
+use std::sync::Mutex;
 
 /// Alignment of payload buffers: the block size of O_DIRECT disks.
 pub const PAYLOAD_ALIGN: usize = 4096;
+
+/// Freed payload allocations kept for reuse: `(capacity, address)`. A fresh large aligned
+/// allocation is mapped anew and page-faulted in on every write, which cost more than the
+/// copy the alignment saves.
+static POOL: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+/// Allocations kept, at most.
+const POOL_MAX: usize = 64;
+/// Largest allocation kept.
+const POOL_MAX_BYTES: usize = 4 << 20;
+
+fn pool() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A fixed-capacity, [`PAYLOAD_ALIGN`]-aligned buffer filled from the front.
 pub(crate) struct Payload {
@@ -31,6 +45,15 @@ impl Payload {
                 cap: 0,
                 len: 0,
             });
+        }
+        let pooled = {
+            let mut pool = pool();
+            pool.iter()
+                .position(|&(c, _)| c == cap)
+                .map(|i| pool.swap_remove(i).1)
+        };
+        if let Some(ptr) = pooled.and_then(|addr| NonNull::new(addr as *mut u8)) {
+            return Ok(Payload { ptr, cap, len: 0 });
         }
         let layout = Layout::from_size_align(cap, PAYLOAD_ALIGN)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "payload too large"))?;
@@ -89,6 +112,14 @@ impl Drop for Payload {
     fn drop(&mut self) {
         if self.cap == 0 {
             return;
+        }
+        if self.cap <= POOL_MAX_BYTES {
+            let mut pool = pool();
+            if pool.len() < POOL_MAX {
+                // The allocation stays alive, owned by the pool (only its address is kept).
+                pool.push((self.cap, self.ptr.as_ptr() as usize));
+                return;
+            }
         }
         // SAFETY: allocated in `with_capacity` with this very layout (it was valid then).
         unsafe {
