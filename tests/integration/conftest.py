@@ -120,33 +120,34 @@ def _cleanup(nodes: list[Node]) -> None:
 @pytest.fixture(scope="module")
 def single_node(request, strata_bin, admin_password, tmp_path_factory):
     """One node on 127.0.0.1 with free ports, shared by the tests of a module."""
-    node = Node(
-        binary=strata_bin,
-        workdir=tmp_path_factory.mktemp("single"),
-        node_id=1,
-        bind="127.0.0.1",
-        password=admin_password,
+    yield from _running_node(
+        Node(
+            binary=strata_bin,
+            workdir=tmp_path_factory.mktemp("single"),
+            node_id=1,
+            bind="127.0.0.1",
+            password=admin_password,
+        )
     )
-    _activate([node])
-    try:
-        node.start()
-        node.wait_ready()
-        yield node
-    finally:
-        _cleanup([node])
 
 
 @pytest.fixture
 def small_disk_node(request, strata_bin, admin_password, tmp_path):
     """One node whose only disk holds 64 MiB, for tests that fill it."""
-    node = Node(
-        binary=strata_bin,
-        workdir=tmp_path / "small",
-        node_id=1,
-        bind="127.0.0.1",
-        password=admin_password,
-        disk_bytes=64 * 1024 * 1024,
+    yield from _running_node(
+        Node(
+            binary=strata_bin,
+            workdir=tmp_path / "small",
+            node_id=1,
+            bind="127.0.0.1",
+            password=admin_password,
+            disk_bytes=64 * 1024 * 1024,
+        )
     )
+
+
+def _running_node(node: Node):
+    """Starts `node`, yields it ready, and cleans up after (a fixture body)."""
     _activate([node])
     try:
         node.start()

@@ -350,28 +350,10 @@ impl Committer {
                 self.counters.index_syncs.fetch_add(1, Ordering::Relaxed);
                 self.db.flush_wal(true).map_err(|e| e.into_string())
             };
-            let (data, index) = match self.io.datasync_start() {
-                // The ring runs the fdatasync while this thread syncs the index.
-                Some(pending) => {
-                    let index = sync_index();
-                    (pending.wait(), index)
-                }
-                None => std::thread::scope(|s| {
-                    match std::thread::Builder::new()
-                        .name("strata-disk-sync".into())
-                        .spawn_scoped(s, || self.io.datasync_blocking())
-                    {
-                        Ok(data) => {
-                            let index = sync_index();
-                            let data = data.join().unwrap_or_else(|_| {
-                                Err(std::io::Error::other("fdatasync thread panicked"))
-                            });
-                            (data, index)
-                        }
-                        Err(_) => (self.io.datasync_blocking(), sync_index()),
-                    }
-                }),
-            };
+            // The data file's fdatasync runs while this thread syncs the index.
+            let pending = self.io.datasync_start();
+            let index = sync_index();
+            let data = pending.wait();
             if let Err(e) = data {
                 tracing::error!(error = %e, "fdatasync of the data file failed; refusing writes");
                 self.set_failure(format!("fdatasync: {e}"));

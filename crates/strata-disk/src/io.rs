@@ -114,16 +114,23 @@ impl IoEngine {
         }
     }
 
-    /// Starts an fdatasync of the data file on the ring, from a plain (non-async) thread,
-    /// so the caller can do other work before [`PendingSync::wait`]. `None` without a ring.
-    pub(crate) fn datasync_start(&self) -> Option<PendingSync> {
+    /// Starts an fdatasync of the data file from a plain (non-async) thread, so the caller can
+    /// do other work before [`PendingSync::wait`]: on the ring, or else on a thread of its own.
+    pub(crate) fn datasync_start(self: &Arc<Self>) -> PendingSync {
         match &self.backend {
-            Backend::Uring(ring) => Some(PendingSync(ring.start_blocking(
-                Op::Fsync,
-                0,
-                AlignedBuf::zeroed(0),
-            ))),
-            Backend::Syscall => None,
+            Backend::Uring(ring) => {
+                PendingSync::Ring(ring.start_blocking(Op::Fsync, 0, AlignedBuf::zeroed(0)))
+            }
+            Backend::Syscall => {
+                let me = self.clone();
+                match std::thread::Builder::new()
+                    .name("strata-disk-sync".into())
+                    .spawn(move || me.datasync_blocking())
+                {
+                    Ok(t) => PendingSync::Thread(t),
+                    Err(_) => PendingSync::Done(self.datasync_blocking()),
+                }
+            }
         }
     }
 
@@ -138,13 +145,24 @@ impl IoEngine {
     }
 }
 
-/// An fdatasync running on the ring.
-pub(crate) struct PendingSync(io::Result<oneshot::Receiver<io::Result<AlignedBuf>>>);
+/// An fdatasync under way.
+pub(crate) enum PendingSync {
+    Ring(io::Result<oneshot::Receiver<io::Result<AlignedBuf>>>),
+    Thread(JoinHandle<io::Result<()>>),
+    /// No thread could be started: it ran at once.
+    Done(io::Result<()>),
+}
 
 impl PendingSync {
     /// Waits for the fdatasync to finish.
     pub(crate) fn wait(self) -> io::Result<()> {
-        self.0?.blocking_recv().map_err(|_| closed())?.map(drop)
+        match self {
+            PendingSync::Ring(rx) => rx?.blocking_recv().map_err(|_| closed())?.map(drop),
+            PendingSync::Thread(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("fdatasync thread panicked"))),
+            PendingSync::Done(r) => r,
+        }
     }
 }
 
