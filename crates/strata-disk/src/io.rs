@@ -2,6 +2,7 @@
 //! pool where io_uring is unavailable. Both move whole aligned blocks only.
 
 use crate::buf::AlignedBuf;
+use crate::local;
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 use std::fs::File;
@@ -71,7 +72,11 @@ impl IoEngine {
             return Ok(buf);
         }
         match &self.backend {
-            Backend::Uring(ring) => ring.call(Op::Read, offset, buf).await,
+            Backend::Uring(ring) => match local::run(&self.file, Op::Read, offset, buf, None).await
+            {
+                Ok(r) => r,
+                Err((buf, _)) => ring.call(Op::Read, offset, buf).await,
+            },
             Backend::Syscall => {
                 let file = self.file.clone();
                 blocking(move || {
@@ -90,7 +95,12 @@ impl IoEngine {
             return Ok(());
         }
         match &self.backend {
-            Backend::Uring(ring) => ring.call(Op::Write, offset, buf).await.map(drop),
+            Backend::Uring(ring) => {
+                match local::run(&self.file, Op::Write, offset, buf, None).await {
+                    Ok(r) => r.map(drop),
+                    Err((buf, _)) => ring.call(Op::Write, offset, buf).await.map(drop),
+                }
+            }
             Backend::Syscall => {
                 let file = self.file.clone();
                 blocking(move || write_full_at(&file, buf.as_slice(), offset)).await
@@ -109,7 +119,22 @@ impl IoEngine {
     /// ([`IoEngine::writes_in_place`]).
     pub(crate) async fn write_parts(&self, offset: u64, parts: Vec<Bytes>) -> io::Result<()> {
         match &self.backend {
-            Backend::Uring(ring) => ring.call_parts(offset, parts).await.map(drop),
+            Backend::Uring(ring) => {
+                let v = Vectored::new(parts);
+                match local::run(
+                    &self.file,
+                    Op::Writev,
+                    offset,
+                    AlignedBuf::zeroed(0),
+                    Some(v),
+                )
+                .await
+                {
+                    Ok(r) => r.map(drop),
+                    Err((_, Some(v))) => ring.call_vectored(offset, v).await.map(drop),
+                    Err((_, None)) => Err(io::Error::other("vectored write lost its parts")),
+                }
+            }
             Backend::Syscall => Err(io::Error::other("in-place writes need io_uring")),
         }
     }
@@ -225,7 +250,7 @@ pub(crate) fn write_full_at(file: &File, buf: &[u8], offset: u64) -> io::Result<
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Op {
+pub(crate) enum Op {
     Read,
     Write,
     /// A write from the memory of `Request::parts`.
@@ -237,13 +262,13 @@ struct Request {
     op: Op,
     offset: u64,
     buf: AlignedBuf,
-    parts: Vec<Bytes>,
+    vectored: Option<Vectored>,
     reply: oneshot::Sender<io::Result<AlignedBuf>>,
 }
 
 /// The pieces of a [`Op::Writev`]: the parts (kept alive while the kernel reads them) and
 /// their iovecs, runs of parts adjacent in memory merged.
-struct Vectored {
+pub(crate) struct Vectored {
     _parts: Vec<Bytes>,
     iov: Box<[libc::iovec]>,
     /// What is left to write: `iov`, or its tail after a short write.
@@ -256,7 +281,7 @@ struct Vectored {
 unsafe impl Send for Vectored {}
 
 impl Vectored {
-    fn new(parts: Vec<Bytes>) -> Self {
+    pub(crate) fn new(parts: Vec<Bytes>) -> Self {
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(parts.len());
         for p in &parts {
             match iov.last_mut() {
@@ -279,8 +304,20 @@ impl Vectored {
         }
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn rest_ptr(&self) -> *const libc::iovec {
+        self.rest.as_ptr()
+    }
+
+    pub(crate) fn rest_len(&self) -> u32 {
+        self.rest.len() as u32
+    }
+
     /// Points `rest` at the bytes from `from` on (to go on after a short write).
-    fn skip_to(&mut self, from: usize) {
+    pub(crate) fn skip_to(&mut self, from: usize) {
         let mut skip = from;
         let mut rest = Vec::with_capacity(self.iov.len());
         for v in self.iov.iter() {
@@ -337,18 +374,18 @@ impl RingHandle {
             op,
             offset,
             buf,
-            parts: Vec::new(),
+            vectored: None,
             reply: oneshot::channel().0,
         })
         .await
     }
 
-    async fn call_parts(&self, offset: u64, parts: Vec<Bytes>) -> io::Result<AlignedBuf> {
+    async fn call_vectored(&self, offset: u64, v: Vectored) -> io::Result<AlignedBuf> {
         self.send(Request {
             op: Op::Writev,
             offset,
             buf: AlignedBuf::zeroed(0),
-            parts,
+            vectored: Some(v),
             reply: oneshot::channel().0,
         })
         .await
@@ -383,7 +420,7 @@ impl RingHandle {
             op,
             offset,
             buf,
-            parts: Vec::new(),
+            vectored: None,
             reply,
         })
         .map_err(|_| closed())?;
@@ -511,7 +548,7 @@ impl RingThread {
                 .send(Err(io::Error::other("io_uring slots exhausted")));
             return;
         };
-        let vectored = (req.op == Op::Writev).then(|| Vectored::new(req.parts));
+        let vectored = req.vectored;
         self.slots[slot] = Some(InFlight {
             op: req.op,
             offset: req.offset,

@@ -23,6 +23,7 @@ mod commit;
 mod disk;
 mod index;
 mod io;
+mod local;
 mod relocate;
 
 pub use blocks::{BlockRead, BLOCKS_PER_WRITE_MAX, BLOCK_BYTES};

@@ -87,6 +87,7 @@ both_backends!(
     relocation_never_undoes_a_racing_write,
     unsynced_overwrites_of_a_full_disk_get_space_back,
     block_aligned_parts_are_written_in_place,
+    abandoned_io_leaves_the_disk_usable,
 );
 
 async fn roundtrip_sizes(b: Backend) {
@@ -999,4 +1000,100 @@ async fn block_aligned_parts_are_written_in_place(b: Backend) {
     drop(disk);
     let disk = open(dir.path(), b, 64 * MIB);
     check(disk.clone()).await;
+}
+
+/// Blocks `first..first + n` as one buffer, each block distinct per `v`.
+fn vblocks(first: u64, n: u64, v: u64) -> Bytes {
+    Bytes::from(
+        (first..first + n)
+            .flat_map(|b| vblock(b, v))
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// A thread that runs one runtime after another (each with its own completion reaper) keeps
+/// reading and writing: a thread's ring is tied to the runtime that collects its completions.
+#[test]
+fn one_thread_many_runtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = open(dir.path(), Backend::Uring, 16 * MIB);
+    for round in 0..4u64 {
+        let rt = if round % 2 == 0 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        rt.block_on(async {
+            let io = async {
+                disk.write_blocks(3, round * 8, vblocks(round * 8, 8, round))
+                    .await
+                    .unwrap();
+                for r in 0..=round {
+                    let got = disk.read_blocks(3, r * 8, 8).await.unwrap();
+                    assert_eq!(
+                        got.data,
+                        vblocks(r * 8, 8, r),
+                        "round {round}, blocks of {r}"
+                    );
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(20), io)
+                .await
+                .expect("I/O stalled");
+        });
+    }
+}
+
+/// Reads and writes given up while in flight (their futures dropped) leave the disk
+/// consistent and usable, from every runtime thread.
+async fn abandoned_io_leaves_the_disk_usable(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = open(dir.path(), b, 64 * MIB);
+    disk.write_blocks(9, 0, vblocks(0, 256, 1)).await.unwrap();
+    for round in 0..20u64 {
+        let mut tasks = Vec::new();
+        for i in 0..32u64 {
+            let disk = disk.clone();
+            tasks.push(tokio::spawn(async move {
+                let first = (i * 7 + round * 13) % 248;
+                if i % 4 == 0 {
+                    disk.write_blocks(9, first, vblocks(first, 8, 1))
+                        .await
+                        .unwrap();
+                } else {
+                    let got = disk.read_blocks(9, first, 8).await.unwrap();
+                    assert_eq!(got.data, vblocks(first, 8, 1));
+                }
+            }));
+        }
+        // Abandon every other one, wherever it is.
+        tokio::task::yield_now().await;
+        for (i, t) in tasks.iter().enumerate() {
+            if i % 2 == 1 {
+                t.abort();
+            }
+        }
+        for t in tasks {
+            match t.await {
+                Ok(()) => {}
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => panic!("I/O task failed: {e}"),
+            }
+        }
+    }
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        disk.read_blocks(9, 0, 256),
+    )
+    .await
+    .expect("I/O stalled")
+    .unwrap();
+    assert_eq!(got.data, vblocks(0, 256, 1));
 }

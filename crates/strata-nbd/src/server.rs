@@ -545,7 +545,12 @@ impl Server {
             )),
             byte_budget: self.config.max_in_flight_bytes.max(1),
         });
-        let writer = writer_loop(BufWriter::with_capacity(256 * 1024, wr), rx);
+        let writer = writer_loop(
+            BufWriter::with_capacity(256 * 1024, wr),
+            rx,
+            Arc::clone(&conn.requests),
+            in_flight,
+        );
         let reader = reader_loop(BufReader::with_capacity(256 * 1024, rd), tx, conn);
         tokio::pin!(writer);
         tokio::select! {
@@ -624,7 +629,14 @@ impl Request {
     }
 }
 
-async fn writer_loop<W>(mut w: BufWriter<W>, mut rx: mpsc::Receiver<Reply>) -> io::Result<()>
+/// Sends replies in the order they come. `requests` holds a permit per request not yet
+/// answered (a reply releases its own once written), out of `max_requests`.
+async fn writer_loop<W>(
+    mut w: BufWriter<W>,
+    mut rx: mpsc::Receiver<Reply>,
+    requests: Arc<Semaphore>,
+    max_requests: usize,
+) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
 {
@@ -633,6 +645,14 @@ where
         // Batch whatever else is ready before paying for a flush.
         while let Ok(reply) = rx.try_recv() {
             write_reply(&mut w, reply).await?;
+        }
+        if requests.available_permits() < max_requests {
+            // Requests are still under way: those that finish on this tick of the runtime
+            // join the same send.
+            tokio::task::yield_now().await;
+            while let Ok(reply) = rx.try_recv() {
+                write_reply(&mut w, reply).await?;
+            }
         }
         w.flush().await?;
     }
