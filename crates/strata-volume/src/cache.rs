@@ -18,7 +18,7 @@
 //! write cache promises.
 
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{btree_map, BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use strata_nbd::NbdError;
 use tokio::sync::{Notify, Semaphore};
@@ -100,33 +100,40 @@ impl State {
         }
     }
 
-    /// Cache a new version of `block`; it carries the durability of the version it replaces.
-    fn put(&mut self, block: u64, seq: u64, data: Bytes) {
-        match self.entries.get_mut(&block) {
-            Some(e) => {
-                e.seq = seq;
-                e.data = data;
-            }
-            None => {
-                // A block dropped from the cache while a batch was writing it is still in
-                // flight.
-                let inflight =
-                    !self.dropped_inflight.is_empty() && self.dropped_inflight.remove(&block);
-                if !inflight {
-                    self.ready.insert(block);
+    /// Cache new versions of the blocks from `first` on, one per 4 KiB of `data`, written by
+    /// write `seq`; each carries the durability of the version it replaces.
+    fn put_run(&mut self, first: u64, seq: u64, data: &Bytes) {
+        let mut added = 0u32;
+        for (i, at) in (0..data.len()).step_by(BLOCK).enumerate() {
+            let block = first + i as u64;
+            let data = data.slice(at..at + BLOCK);
+            match self.entries.entry(block) {
+                btree_map::Entry::Occupied(mut o) => {
+                    let e = o.get_mut();
+                    e.seq = seq;
+                    e.data = data;
                 }
-                self.entries.insert(
-                    block,
-                    Entry {
+                btree_map::Entry::Vacant(v) => {
+                    // A block dropped from the cache while a batch was writing it is still
+                    // in flight.
+                    let inflight =
+                        !self.dropped_inflight.is_empty() && self.dropped_inflight.remove(&block);
+                    if !inflight {
+                        self.ready.insert(block);
+                    }
+                    v.insert(Entry {
                         seq,
                         covers: seq,
                         data,
                         inflight,
-                    },
-                );
-                self.count_covers(seq, true);
-                self.bytes += BLOCK;
+                    });
+                    added += 1;
+                }
             }
+        }
+        if added > 0 {
+            *self.covers.entry(seq).or_default() += added;
+            self.bytes += added as usize * BLOCK;
         }
     }
 
@@ -250,9 +257,7 @@ impl Cache {
         let mut s = self.lock();
         s.seq += 1;
         let seq = s.seq;
-        for (i, at) in (0..data.len()).step_by(BLOCK).enumerate() {
-            s.put(first + i as u64, seq, data.slice(at..at + BLOCK));
-        }
+        s.put_run(first, seq, data);
         seq
     }
 
@@ -354,32 +359,39 @@ impl Cache {
     /// to be durable).
     pub fn finish(&self, blocks: &[(u64, u64, Bytes)], error: Option<NbdError>) {
         let mut s = self.lock();
-        s.inflight -= blocks.len();
+        let st = &mut *s;
+        st.inflight -= blocks.len();
         for (block, seq, _) in blocks {
-            match s.entries.get_mut(block) {
-                Some(e) if e.inflight => {
-                    e.inflight = false;
-                    s.ready.insert(*block);
+            let btree_map::Entry::Occupied(mut o) = st.entries.entry(*block) else {
+                st.dropped_inflight.remove(block);
+                continue;
+            };
+            let e = o.get_mut();
+            let was_inflight = std::mem::replace(&mut e.inflight, false);
+            if error.is_none() && e.seq == *seq {
+                // Durable as it stands: it leaves the cache. Not in flight before, it was
+                // ready.
+                let covers = e.covers;
+                o.remove();
+                if !was_inflight {
+                    st.ready.remove(block);
                 }
-                Some(_) => {}
-                None => {
-                    s.dropped_inflight.remove(block);
-                }
-            }
-            if error.is_some() {
+                st.count_covers(covers, false);
+                st.bytes -= BLOCK;
                 continue;
             }
-            match s.entries.get(block).map(|e| (e.seq, e.covers)) {
-                Some((now, _)) if now == *seq => s.remove(*block),
-                // Replaced while in flight: the writes up to the one just written are durable.
-                Some((_, covers)) if covers <= *seq => {
-                    s.count_covers(covers, false);
-                    s.count_covers(seq + 1, true);
-                    if let Some(e) = s.entries.get_mut(block) {
-                        e.covers = seq + 1;
-                    }
-                }
-                _ => {}
+            // Replaced while in flight: the writes up to the one just written are durable.
+            let covers = e.covers;
+            let moved = error.is_none() && covers <= *seq;
+            if moved {
+                e.covers = seq + 1;
+            }
+            if was_inflight {
+                st.ready.insert(*block);
+            }
+            if moved {
+                st.count_covers(covers, false);
+                st.count_covers(seq + 1, true);
             }
         }
         s.recompute_written();
