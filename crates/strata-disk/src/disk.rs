@@ -58,6 +58,10 @@ pub struct Disk {
     committer: Option<JoinHandle<()>>,
     cache: ReadCache,
     pub(crate) stamps: Arc<WriteStamps>,
+    /// The runtime the disk was opened on, if any: background work a caller's request starts
+    /// (a relocation) runs there, not on the caller's runtime, which may be a connection's
+    /// own and end with it.
+    pub(crate) home: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Disk {
@@ -200,6 +204,7 @@ impl Disk {
             committer: Some(handle),
             cache: ReadCache::new(cfg.read_cache_bytes),
             stamps,
+            home: tokio::runtime::Handle::try_current().ok(),
         }))
     }
 

@@ -161,7 +161,11 @@ impl Disk {
         if n < MIN_BLOCKS || runs(entries) * MEAN_RUN_MAX <= n {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        let Some(rt) = self
+            .home
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        else {
             return;
         };
         let Some(tx) = self.commit_sender() else {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -130,9 +130,14 @@ impl Server {
         .await
     }
 
+    /// Serves each accepted client on a thread of its own, running a single-threaded
+    /// runtime: the connection's reads, writes and replies, and the disk I/O they start (on
+    /// that thread's ring), never wait for another thread to be scheduled, as in qemu-nbd.
+    /// Background work they start (a volume's writeback) belongs to the runtime the target
+    /// was created on. Dropping this future closes every connection it accepted.
     async fn accept_loop<S, F, Fut>(&self, mut accept: F) -> io::Result<()>
     where
-        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: Rehome,
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = io::Result<(S, String)>>,
     {
@@ -153,14 +158,59 @@ impl Server {
                     continue;
                 }
             };
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(%peer, "nbd connection dropped: cannot detach its socket: {e}");
+                    continue;
+                }
+            };
             let server = self.clone();
+            // Dropped when this loop is (the task holding it is aborted): the connection ends.
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            let conn_peer = peer.clone();
+            let thread = std::thread::Builder::new()
+                .name("strata-nbd-conn".into())
+                .spawn(move || {
+                    let peer = conn_peer;
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            warn!(%peer, "nbd connection dropped: no runtime for it: {e}");
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let stream = match S::from_std(stream) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                warn!(%peer, "nbd connection dropped: cannot attach its socket: {e}");
+                                return;
+                            }
+                        };
+                        debug!(%peer, "nbd client connected");
+                        tokio::select! {
+                            r = server.serve_connection(stream) => match r {
+                                Ok(()) => debug!(%peer, "nbd client disconnected"),
+                                Err(e) => info!(%peer, "nbd connection closed: {e}"),
+                            },
+                            _ = stop_rx => debug!(%peer, "nbd server stopped; connection closed"),
+                        }
+                    });
+                    drop(done_tx);
+                });
+            if let Err(e) = thread {
+                warn!(%peer, "nbd connection dropped: cannot start its thread: {e}");
+                continue;
+            }
             conns.spawn(async move {
                 let _permit = permit;
-                debug!(%peer, "nbd client connected");
-                match server.serve_connection(stream).await {
-                    Ok(()) => debug!(%peer, "nbd client disconnected"),
-                    Err(e) => info!(%peer, "nbd connection closed: {e}"),
-                }
+                let _stop = stop_tx;
+                let _ = done_rx.await;
             });
         }
     }
@@ -566,6 +616,35 @@ impl Server {
                 r.and(w.map_err(ConnError::from))
             }
         }
+    }
+}
+
+/// A stream accepted on one runtime that can be handed to another: detached from the
+/// accepting runtime's reactor, then attached to the connection thread's.
+trait Rehome: AsyncRead + AsyncWrite + Send + Unpin + Sized + 'static {
+    type Std: Send + 'static;
+    fn into_std(self) -> io::Result<Self::Std>;
+    /// Must run inside the runtime that will drive the stream.
+    fn from_std(s: Self::Std) -> io::Result<Self>;
+}
+
+impl Rehome for TcpStream {
+    type Std = std::net::TcpStream;
+    fn into_std(self) -> io::Result<Self::Std> {
+        TcpStream::into_std(self)
+    }
+    fn from_std(s: Self::Std) -> io::Result<Self> {
+        TcpStream::from_std(s)
+    }
+}
+
+impl Rehome for UnixStream {
+    type Std = std::os::unix::net::UnixStream;
+    fn into_std(self) -> io::Result<Self::Std> {
+        UnixStream::into_std(self)
+    }
+    fn from_std(s: Self::Std) -> io::Result<Self> {
+        UnixStream::from_std(s)
     }
 }
 

@@ -82,6 +82,10 @@ struct Io {
     /// Local disks holding writes of this volume that were answered before they were durable
     /// (see [`Io::write_blocks`]); a flush syncs them.
     unsynced: SyncGroup,
+    /// The runtime the volume was created on: the writeback runs there, whichever runtime
+    /// the write that starts it comes from (the NBD server gives each connection its own,
+    /// which ends with the connection).
+    home: Option<tokio::runtime::Handle>,
 }
 
 /// A piece of a request that stays inside one extent and one disk request.
@@ -156,6 +160,7 @@ impl Volume {
                 cache: Cache::new(spec.id),
                 closed: AtomicBool::new(false),
                 unsynced: SyncGroup::default(),
+                home: tokio::runtime::Handle::try_current().ok(),
             }),
             spec: tokio::sync::RwLock::new(spec),
         })
@@ -261,7 +266,11 @@ impl Io {
     fn kick(self: &Arc<Self>) {
         if self.cache.claim_writeback() {
             let me = self.clone();
-            tokio::spawn(async move { me.writeback().await });
+            let writeback = async move { me.writeback().await };
+            match &self.home {
+                Some(rt) => drop(rt.spawn(writeback)),
+                None => drop(tokio::spawn(writeback)),
+            }
         }
     }
 

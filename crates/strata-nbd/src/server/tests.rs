@@ -8,8 +8,8 @@ use tokio::task::JoinHandle;
 
 const SIZE: u64 = 1 << 20;
 
-struct Client {
-    s: DuplexStream,
+struct Client<S = DuplexStream> {
+    s: S,
 }
 
 fn start(exports: Exports) -> (Client, JoinHandle<Result<(), ConnError>>) {
@@ -47,7 +47,7 @@ struct Chunk {
     payload: Vec<u8>,
 }
 
-impl Client {
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     async fn greet(&mut self, client_flags: u32) {
         assert_eq!(self.s.read_u64().await.unwrap(), NBD_MAGIC);
         assert_eq!(self.s.read_u64().await.unwrap(), IHAVEOPT);
@@ -893,4 +893,33 @@ async fn garbage_never_panics() {
         reached_transmission > 50,
         "only {reached_transmission} runs got replies to requests"
     );
+}
+
+/// Over TCP each client is served on a thread of its own; dropping the server's future
+/// closes the connections it accepted.
+#[tokio::test]
+async fn tcp_clients_are_served_and_closed_with_the_server() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = tokio::spawn(async move { Server::new(mem_exports()).serve_tcp(l).await });
+    let mut c = Client {
+        s: TcpStream::connect(addr).await.unwrap(),
+    };
+    c.greet(CFLAGS).await;
+    let (size, _, _) = c.go("disk", &[]).await;
+    assert_eq!(size, SIZE);
+    let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+    c.write(1, 4096, &data).await;
+    assert_eq!(c.simple().await, (0, 1));
+    c.request(0, CMD_READ, 2, 4096, 8192).await;
+    assert_eq!(c.simple().await, (0, 2));
+    let mut back = vec![0u8; 8192];
+    c.s.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, data);
+
+    server.abort();
+    let _ = server.await;
+    tokio::time::timeout(Duration::from_secs(10), c.expect_closed())
+        .await
+        .expect("the connection outlived the server");
 }
