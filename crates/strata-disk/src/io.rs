@@ -304,20 +304,8 @@ impl Vectored {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    pub(crate) fn rest_ptr(&self) -> *const libc::iovec {
-        self.rest.as_ptr()
-    }
-
-    pub(crate) fn rest_len(&self) -> u32 {
-        self.rest.len() as u32
-    }
-
     /// Points `rest` at the bytes from `from` on (to go on after a short write).
-    pub(crate) fn skip_to(&mut self, from: usize) {
+    fn skip_to(&mut self, from: usize) {
         let mut skip = from;
         let mut rest = Vec::with_capacity(self.iov.len());
         for v in self.iov.iter() {
@@ -333,6 +321,84 @@ impl Vectored {
             skip = 0;
         }
         self.rest = rest.into_boxed_slice();
+    }
+}
+
+/// The submission entry of `op` on `fd` from byte `done` of the transfer on (after a short
+/// one). The ring thread and the per-thread rings both build their entries here; the memory
+/// the entry points at must stay put until its completion is posted.
+pub(crate) fn entry(
+    fd: RawFd,
+    op: Op,
+    offset: u64,
+    done: usize,
+    buf: &mut AlignedBuf,
+    vectored: Option<&mut Vectored>,
+) -> squeue::Entry {
+    let fd = types::Fd(fd);
+    let at = offset + done as u64;
+    match op {
+        Op::Writev => match vectored {
+            Some(v) => {
+                if done > 0 {
+                    v.skip_to(done);
+                }
+                opcode::Writev::new(fd, v.rest.as_ptr(), v.rest.len() as u32)
+                    .offset(at)
+                    .build()
+            }
+            None => opcode::Nop::new().build(),
+        },
+        Op::Read => {
+            let rest = (buf.len() - done) as u32;
+            // SAFETY: `done < len`, so the pointer stays inside the buffer.
+            let ptr = unsafe { buf.as_mut_ptr().add(done) };
+            opcode::Read::new(fd, ptr, rest).offset(at).build()
+        }
+        Op::Write => {
+            let rest = (buf.len() - done) as u32;
+            // SAFETY: as above.
+            let ptr = unsafe { buf.as_ptr().add(done) };
+            opcode::Write::new(fd, ptr, rest).offset(at).build()
+        }
+        Op::Fsync => opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build(),
+    }
+}
+
+/// What a completion means for an operation that had moved `done` of its `len` bytes.
+pub(crate) enum Step {
+    /// Interrupted: submit it again as it was.
+    Again,
+    /// A short transfer: go on from this many bytes.
+    More(usize),
+    Finished,
+    Failed(io::Error),
+}
+
+pub(crate) fn step(op: Op, res: i32, done: usize, len: usize) -> Step {
+    if res < 0 {
+        let errno = -res;
+        if errno == libc::EINTR || errno == libc::EAGAIN {
+            return Step::Again;
+        }
+        return Step::Failed(io::Error::from_raw_os_error(errno));
+    }
+    if op == Op::Fsync {
+        return Step::Finished;
+    }
+    if res == 0 {
+        return Step::Failed(match op {
+            Op::Read => io::ErrorKind::UnexpectedEof.into(),
+            _ => io::ErrorKind::WriteZero.into(),
+        });
+    }
+    let done = done + res as usize;
+    if done < len {
+        Step::More(done)
+    } else {
+        Step::Finished
     }
 }
 
@@ -466,11 +532,13 @@ struct InFlight {
 
 impl InFlight {
     fn len(&self) -> usize {
-        match &self.vectored {
-            Some(v) => v.len,
-            None => self.buf.len(),
-        }
+        transfer_len(&self.buf, self.vectored.as_ref())
     }
+}
+
+/// Bytes an operation moves: its parts' for a vectored write, else its buffer's.
+pub(crate) fn transfer_len(buf: &AlignedBuf, vectored: Option<&Vectored>) -> usize {
+    vectored.map_or(buf.len(), |v| v.len)
 }
 
 struct RingThread {
@@ -562,40 +630,12 @@ impl RingThread {
     }
 
     fn submit_slot(&mut self, slot: usize) {
-        let fd = types::Fd(self.file.as_raw_fd());
+        let fd = self.file.as_raw_fd();
         let Some(f) = self.slots[slot].as_mut() else {
             return;
         };
-        let remaining = (f.len() - f.done) as u32;
-        let at = f.offset + f.done as u64;
-        let entry = match f.op {
-            Op::Writev => match f.vectored.as_mut() {
-                Some(v) => {
-                    if f.done > 0 {
-                        // A short write: go on from where it stopped.
-                        v.skip_to(f.done);
-                    }
-                    opcode::Writev::new(fd, v.rest.as_ptr(), v.rest.len() as u32)
-                        .offset(at)
-                        .build()
-                }
-                None => opcode::Nop::new().build(),
-            },
-            Op::Read => {
-                // SAFETY: `done < len`, so the pointer stays inside the buffer.
-                let ptr = unsafe { f.buf.as_mut_ptr().add(f.done) };
-                opcode::Read::new(fd, ptr, remaining).offset(at).build()
-            }
-            Op::Write => {
-                // SAFETY: as above.
-                let ptr = unsafe { f.buf.as_ptr().add(f.done) };
-                opcode::Write::new(fd, ptr, remaining).offset(at).build()
-            }
-            Op::Fsync => opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build(),
-        };
-        self.push(entry.user_data(slot as u64));
+        let e = entry(fd, f.op, f.offset, f.done, &mut f.buf, f.vectored.as_mut());
+        self.push(e.user_data(slot as u64));
     }
 
     fn push(&mut self, entry: squeue::Entry) {
@@ -639,28 +679,18 @@ impl RingThread {
             tracing::error!(slot, "io_uring completion for an unknown slot");
             return;
         };
-        let outcome = if res < 0 {
-            let errno = -res;
-            if errno == libc::EINTR || errno == libc::EAGAIN {
+        let outcome = match step(f.op, res, f.done, f.len()) {
+            Step::Again => {
                 self.submit_slot(slot);
                 return;
             }
-            Some(io::Error::from_raw_os_error(errno))
-        } else if f.op == Op::Fsync {
-            None
-        } else if res == 0 {
-            Some(match f.op {
-                Op::Read => io::Error::from(io::ErrorKind::UnexpectedEof),
-                _ => io::Error::from(io::ErrorKind::WriteZero),
-            })
-        } else {
-            f.done += res as usize;
-            if f.done < f.len() {
-                // Short read or write: go on with the rest.
+            Step::More(done) => {
+                f.done = done;
                 self.submit_slot(slot);
                 return;
             }
-            None
+            Step::Finished => None,
+            Step::Failed(e) => Some(e),
         };
         if let Some(f) = self.slots[slot].take() {
             self.free.push(slot);

@@ -15,8 +15,8 @@
 //! replaced on the next call.
 
 use crate::buf::AlignedBuf;
-use crate::io::{Op, Vectored};
-use io_uring::{opcode, types, IoUring};
+use crate::io::{entry, step, transfer_len, Op, Step, Vectored};
+use io_uring::IoUring;
 use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io;
@@ -151,36 +151,21 @@ impl LocalRing {
         op: Op,
         offset: u64,
         mut buf: AlignedBuf,
-        vectored: Option<Vectored>,
+        mut vectored: Option<Vectored>,
         done: usize,
     ) -> Result<oneshot::Receiver<Done>, (AlignedBuf, Option<Vectored>)> {
         let mut g = lock(&self.inner);
         let Some(slot) = g.free.pop() else {
             return Err((buf, vectored));
         };
-        let fd = types::Fd(file.as_raw_fd());
-        let at = offset + done as u64;
-        let entry = match (op, &vectored) {
-            (Op::Writev, Some(v)) => opcode::Writev::new(fd, v.rest_ptr(), v.rest_len())
-                .offset(at)
-                .build(),
-            (Op::Read, _) => {
-                let rest = (buf.len() - done) as u32;
-                // SAFETY: `done < len`, so the pointer stays inside the buffer.
-                let ptr = unsafe { buf.as_mut_ptr().add(done) };
-                opcode::Read::new(fd, ptr, rest).offset(at).build()
-            }
-            (Op::Write, _) => {
-                let rest = (buf.len() - done) as u32;
-                // SAFETY: as above.
-                let ptr = unsafe { buf.as_ptr().add(done) };
-                opcode::Write::new(fd, ptr, rest).offset(at).build()
-            }
-            _ => {
-                g.free.push(slot);
-                return Err((buf, vectored));
-            }
-        };
+        let entry = entry(
+            file.as_raw_fd(),
+            op,
+            offset,
+            done,
+            &mut buf,
+            vectored.as_mut(),
+        );
         let (reply, rx) = oneshot::channel();
         g.slots[slot] = Some(Slot {
             _file: file.clone(),
@@ -320,14 +305,10 @@ pub(crate) async fn run(
     file: &Arc<File>,
     op: Op,
     offset: u64,
-    buf: AlignedBuf,
-    vectored: Option<Vectored>,
+    mut buf: AlignedBuf,
+    mut vectored: Option<Vectored>,
 ) -> Result<io::Result<AlignedBuf>, (AlignedBuf, Option<Vectored>)> {
-    let len = match &vectored {
-        Some(v) => v.len(),
-        None => buf.len(),
-    };
-    let (mut buf, mut vectored) = (buf, vectored);
+    let len = transfer_len(&buf, vectored.as_ref());
     let mut done = 0;
     let mut first = true;
     loop {
@@ -363,25 +344,11 @@ pub(crate) async fn run(
         };
         buf = d.buf;
         vectored = d.vectored;
-        if d.res < 0 {
-            let errno = -d.res;
-            if errno == libc::EINTR || errno == libc::EAGAIN {
-                continue;
-            }
-            return Ok(Err(io::Error::from_raw_os_error(errno)));
-        }
-        if d.res == 0 {
-            return Ok(Err(match op {
-                Op::Read => io::ErrorKind::UnexpectedEof.into(),
-                _ => io::ErrorKind::WriteZero.into(),
-            }));
-        }
-        done += d.res as usize;
-        if done >= len {
-            return Ok(Ok(buf));
-        }
-        if let Some(v) = vectored.as_mut() {
-            v.skip_to(done);
+        match step(op, d.res, done, len) {
+            Step::Again => {}
+            Step::More(n) => done = n,
+            Step::Finished => return Ok(Ok(buf)),
+            Step::Failed(e) => return Ok(Err(e)),
         }
     }
 }

@@ -141,6 +141,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         (errno, cookie)
     }
 
+    /// A read answered with a simple reply that must succeed: its data.
+    async fn read_ok(&mut self, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+        self.request(0, CMD_READ, cookie, offset, len).await;
+        assert_eq!(self.simple().await, (0, cookie));
+        let mut d = vec![0u8; len as usize];
+        self.s.read_exact(&mut d).await.unwrap();
+        d
+    }
+
     async fn chunk(&mut self) -> Chunk {
         assert_eq!(self.s.read_u32().await.unwrap(), STRUCTURED_REPLY_MAGIC);
         let flags = self.s.read_u16().await.unwrap();
@@ -284,10 +293,7 @@ async fn go_simple_read_write_disc() {
     let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + 3) as u8).collect();
     c.write(1, 4000, &data).await;
     assert_eq!(c.simple().await, (0, 1));
-    c.request(0, CMD_READ, 2, 3990, 10_020).await;
-    assert_eq!(c.simple().await, (0, 2));
-    let mut got = vec![0u8; 10_020];
-    c.s.read_exact(&mut got).await.unwrap();
+    let got = c.read_ok(2, 3990, 10_020).await;
     assert_eq!(&got[..10], &[0u8; 10]);
     assert_eq!(&got[10..10_010], &data[..]);
     assert_eq!(&got[10_010..], &[0u8; 10]);
@@ -322,11 +328,7 @@ async fn export_name_with_and_without_zeroes() {
             assert_eq!(z, [0u8; 124]);
         }
         // Transmission works right after.
-        c.request(0, CMD_READ, 9, 0, 16).await;
-        assert_eq!(c.simple().await, (0, 9));
-        let mut d = [1u8; 16];
-        c.s.read_exact(&mut d).await.unwrap();
-        assert_eq!(d, [0u8; 16]);
+        assert_eq!(c.read_ok(9, 0, 16).await, [0u8; 16]);
         c.request(0, CMD_DISC, 0, 0, 0).await;
         c.expect_closed().await;
         h.await.unwrap().unwrap();
@@ -559,11 +561,7 @@ async fn error_replies_keep_connection() {
     assert_eq!(c.simple().await, (EINVAL, 10));
 
     // Still usable.
-    c.request(0, CMD_READ, 11, 0, 4).await;
-    assert_eq!(c.simple().await, (0, 11));
-    let mut d = [1u8; 4];
-    c.s.read_exact(&mut d).await.unwrap();
-    assert_eq!(d, [0; 4]);
+    assert_eq!(c.read_ok(11, 0, 4).await, [0; 4]);
     c.request(0, CMD_DISC, 0, 0, 0).await;
     c.expect_closed().await;
     h.await.unwrap().unwrap();
@@ -613,10 +611,7 @@ async fn alignment_enforced_for_large_min_block() {
     assert_eq!(c.simple().await, (EINVAL, 1));
     c.request(0, CMD_READ, 2, 512, 1000).await;
     assert_eq!(c.simple().await, (EINVAL, 2));
-    c.request(0, CMD_READ, 3, 512, 1024).await;
-    assert_eq!(c.simple().await, (0, 3));
-    let mut d = vec![0u8; 1024];
-    c.s.read_exact(&mut d).await.unwrap();
+    c.read_ok(3, 512, 1024).await;
     c.request(0, CMD_DISC, 0, 0, 0).await;
     c.expect_closed().await;
     h.await.unwrap().unwrap();
@@ -653,10 +648,7 @@ async fn pipelined_requests_all_answered() {
     assert_eq!(seen.len() as u64, n);
     let wr = sender.await.unwrap();
     let mut c = Client { s: rd.unsplit(wr) };
-    c.request(0, CMD_READ, 1, 199 * 4096, 4096).await;
-    assert_eq!(c.simple().await, (0, 1));
-    let mut d = vec![0u8; 4096];
-    c.s.read_exact(&mut d).await.unwrap();
+    let d = c.read_ok(1, 199 * 4096, 4096).await;
     assert!(d.iter().all(|b| *b == 199));
     c.request(0, CMD_DISC, 0, 0, 0).await;
     c.expect_closed().await;
@@ -911,11 +903,7 @@ async fn tcp_clients_are_served_and_closed_with_the_server() {
     let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
     c.write(1, 4096, &data).await;
     assert_eq!(c.simple().await, (0, 1));
-    c.request(0, CMD_READ, 2, 4096, 8192).await;
-    assert_eq!(c.simple().await, (0, 2));
-    let mut back = vec![0u8; 8192];
-    c.s.read_exact(&mut back).await.unwrap();
-    assert_eq!(back, data);
+    assert_eq!(c.read_ok(2, 4096, 8192).await, data);
 
     server.abort();
     let _ = server.await;
