@@ -3,7 +3,12 @@
 //! and 32 (writes also with a FLUSH after every write), and 1 MiB sequential reads and
 //! writes. The peers are qemu-nbd serving a raw file in the same filesystem
 //! (`--cache=none --aio=io_uring`), a protocol ceiling (qemu-nbd over `null-co`, which
-//! stores nothing) and, optionally, an rbd image on a one-node Ceph.
+//! stores nothing), the raw disk (the read jobs and the sequential write on a file, fio's
+//! `io_uring` engine with O_DIRECT) and, optionally, an rbd image on a one-node Ceph.
+//!
+//! The targets run side by side: each job runs on every target in turn before the next
+//! job starts, so a ratio compares figures taken seconds apart on this shared machine,
+//! not minutes.
 
 use crate::peers::{free_port, ProcGuard};
 use crate::procstat::{self, CpuSample};
@@ -61,6 +66,8 @@ pub enum Device {
         pool: String,
         image: String,
     },
+    /// A file, through fio's `io_uring` engine with O_DIRECT: the raw disk.
+    File(PathBuf),
 }
 
 impl Device {
@@ -74,13 +81,18 @@ impl Device {
                 format!("--pool={pool}"),
                 format!("--rbdname={image}"),
             ],
+            Device::File(path) => vec![
+                "--ioengine=io_uring".into(),
+                "--direct=1".into(),
+                format!("--filename={}", path.display()),
+            ],
         }
     }
 
     /// The environment fio needs (librbd finds the cluster through `CEPH_CONF`).
     pub fn fio_env(&self) -> Vec<(&'static str, String)> {
         match self {
-            Device::Nbd(_) => Vec::new(),
+            Device::Nbd(_) | Device::File(_) => Vec::new(),
             Device::Rbd { conf, .. } => vec![("CEPH_CONF", conf.display().to_string())],
         }
     }
@@ -91,6 +103,7 @@ impl std::fmt::Display for Device {
         match self {
             Device::Nbd(uri) => f.write_str(uri),
             Device::Rbd { pool, image, .. } => write!(f, "rbd:{pool}/{image}"),
+            Device::File(path) => write!(f, "file:{}", path.display()),
         }
     }
 }
@@ -106,9 +119,13 @@ pub struct BlockResult {
     pub lat_p50_ms: f64,
     pub lat_p99_ms: f64,
     pub lat_p999_ms: f64,
-    /// Server CPU (all its processes) per I/O.
+    /// Server CPU (all its processes) per I/O, including what it spent settling.
     pub server_cpu_ms_per_op: Option<f64>,
     pub load_1m: f64,
+    /// Seconds the server took after fio ended to go idle (writing back what the job
+    /// left in a cache, say) before the next run started.
+    #[serde(default)]
+    pub settle_s: f64,
 }
 
 /// fio's figures for the side of the job that did the I/O.
@@ -171,65 +188,143 @@ fn fio(dev: &Device, j: &BlockJob, size: u64, runtime: Option<Duration>) -> Resu
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// Writes the whole region once (reads must find data, not holes), then runs every job.
-pub fn run_target(
-    target: &str,
-    dev: &Device,
+/// One export (or file) the block plan runs against.
+pub struct Target {
+    /// `strata`, `qemu-nbd`, `null`, `raw`, `ceph-rbd`.
+    pub name: String,
+    pub dev: Device,
+    /// The server's processes (none for a file): their CPU is charged per I/O.
+    pub pids: Vec<u32>,
+    /// Write the whole region once before the first job (reads must find data, not
+    /// holes); the null device stores nothing and needs none.
+    pub prefill: bool,
+    /// Which jobs of the plan it runs.
+    pub runs: fn(&BlockJob) -> bool,
+}
+
+/// Every job of the plan.
+pub fn every_job(_: &BlockJob) -> bool {
+    true
+}
+
+/// What the raw disk is measured with: the reads and the sequential write (random writes
+/// to a file go straight to the disk, where the NBD servers' caches differ).
+pub fn raw_disk_job(j: &BlockJob) -> bool {
+    j.rw != "randwrite"
+}
+
+/// A server is idle when it used at most one clock tick of CPU over this window.
+const IDLE_WINDOW: Duration = Duration::from_millis(200);
+
+/// Waits until the processes' CPU use over [`IDLE_WINDOW`] is at most one clock tick
+/// (5% of a core), at most `max`; returns how long it waited.
+pub fn settle(pids: &[u32], max: Duration) -> Duration {
+    let t = Instant::now();
+    if pids.is_empty() {
+        return Duration::ZERO;
+    }
+    let tick = 1.0 / procstat::ticks_per_second();
+    loop {
+        let a = CpuSample::take(pids);
+        std::thread::sleep(IDLE_WINDOW);
+        let b = CpuSample::take(pids);
+        if a.seconds_until(&b) <= tick + 1e-9 || t.elapsed() >= max {
+            return t.elapsed();
+        }
+    }
+}
+
+/// Runs the plan against every target side by side: each job runs on every target in
+/// turn before the next job starts, and after each run the server settles (its CPU goes
+/// idle, at most `settle_max`) before the next run starts; the CPU it spent settling is
+/// charged to the job that left it busy. A target that fails leaves the plan; its error
+/// comes back beside the results.
+pub fn run_side_by_side(
+    targets: &[Target],
     region: u64,
     runtime: Duration,
-    server_pids: &[u32],
-    prefill: bool,
-) -> Result<Vec<BlockResult>> {
-    if prefill {
-        let t = Instant::now();
-        let fill = BlockJob {
-            name: "prefill",
-            rw: "write",
-            block_size: 1 << 20,
-            iodepth: 8,
-            flush: false,
-        };
-        fio(dev, &fill, region, None)?;
-        println!(
-            "{target:<8} prefilled {} MiB in {:.1} s",
-            region >> 20,
-            t.elapsed().as_secs_f64()
-        );
-    }
+    settle_max: Duration,
+) -> (Vec<BlockResult>, Vec<(String, anyhow::Error)>) {
     let mut out = Vec::new();
-    for j in jobs() {
-        let before = CpuSample::take(server_pids);
-        let json = fio(dev, &j, region, Some(runtime))?;
-        let after = CpuSample::take(server_pids);
-        let (iops, mib_per_s, p50, p99, p999, ios) = parse(&json, j.rw)?;
-        let cpu = before.seconds_until(&after);
-        let r = BlockResult {
-            target: target.into(),
-            job: j.name.into(),
-            iops,
-            mib_per_s,
-            lat_p50_ms: p50,
-            lat_p99_ms: p99,
-            lat_p999_ms: p999,
-            server_cpu_ms_per_op: (!server_pids.is_empty() && ios > 0.0)
-                .then(|| cpu * 1000.0 / ios),
-            load_1m: procstat::loadavg_1m(),
-        };
-        println!(
-            "{:<8} {:<24} {:>9} IOPS {:>8} MiB/s  p50 {:>7} p99 {:>7} p99.9 {:>7} ms  server CPU {} ms/op",
-            r.target,
-            r.job,
-            crate::report::fmt_num(r.iops),
-            crate::report::fmt_num(r.mib_per_s),
-            crate::report::fmt_num(r.lat_p50_ms),
-            crate::report::fmt_num(r.lat_p99_ms),
-            crate::report::fmt_num(r.lat_p999_ms),
-            r.server_cpu_ms_per_op
-                .map_or("-".into(), crate::report::fmt_num),
-        );
-        out.push(r);
+    let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
+    let fill = BlockJob {
+        name: "prefill",
+        rw: "write",
+        block_size: 1 << 20,
+        iodepth: 8,
+        flush: false,
+    };
+    for t in targets.iter().filter(|t| t.prefill) {
+        let started = Instant::now();
+        match fio(&t.dev, &fill, region, None) {
+            Ok(_) => {
+                let waited = settle(&t.pids, settle_max);
+                println!(
+                    "{:<8} prefilled {} MiB in {:.1} s (settled in {:.1} s)",
+                    t.name,
+                    region >> 20,
+                    started.elapsed().as_secs_f64(),
+                    waited.as_secs_f64()
+                );
+            }
+            Err(e) => failed.push((t.name.clone(), e)),
+        }
     }
-    Ok(out)
+    for j in jobs() {
+        for t in targets {
+            if !(t.runs)(&j) || failed.iter().any(|(n, _)| *n == t.name) {
+                continue;
+            }
+            match run_job(t, &j, region, runtime, settle_max) {
+                Ok(r) => out.push(r),
+                Err(e) => failed.push((t.name.clone(), e)),
+            }
+        }
+    }
+    (out, failed)
+}
+
+/// One job against one target, then the settling.
+fn run_job(
+    t: &Target,
+    j: &BlockJob,
+    region: u64,
+    runtime: Duration,
+    settle_max: Duration,
+) -> Result<BlockResult> {
+    let before = CpuSample::take(&t.pids);
+    let json = fio(&t.dev, j, region, Some(runtime))?;
+    let load_1m = procstat::loadavg_1m();
+    let waited = settle(&t.pids, settle_max);
+    let after = CpuSample::take(&t.pids);
+    let (iops, mib_per_s, p50, p99, p999, ios) = parse(&json, j.rw)?;
+    let cpu = before.seconds_until(&after);
+    let r = BlockResult {
+        target: t.name.clone(),
+        job: j.name.into(),
+        iops,
+        mib_per_s,
+        lat_p50_ms: p50,
+        lat_p99_ms: p99,
+        lat_p999_ms: p999,
+        server_cpu_ms_per_op: (!t.pids.is_empty() && ios > 0.0).then(|| cpu * 1000.0 / ios),
+        load_1m,
+        settle_s: waited.as_secs_f64(),
+    };
+    println!(
+        "{:<8} {:<24} {:>9} IOPS {:>8} MiB/s  p50 {:>7} p99 {:>7} p99.9 {:>7} ms  server CPU {} ms/op  settled {:.1} s",
+        r.target,
+        r.job,
+        crate::report::fmt_num(r.iops),
+        crate::report::fmt_num(r.mib_per_s),
+        crate::report::fmt_num(r.lat_p50_ms),
+        crate::report::fmt_num(r.lat_p99_ms),
+        crate::report::fmt_num(r.lat_p999_ms),
+        r.server_cpu_ms_per_op
+            .map_or("-".into(), crate::report::fmt_num),
+        r.settle_s,
+    );
+    Ok(r)
 }
 
 /// A started qemu-nbd: its export URI and its process.
@@ -330,6 +425,48 @@ mod tests {
             [("CEPH_CONF", "/w/ceph/ceph.conf".to_string())]
         );
         assert_eq!(rbd.to_string(), "rbd:bench-rbd/bench");
+        let file = Device::File("/w/raw.dat".into());
+        assert_eq!(
+            file.fio_args(),
+            ["--ioengine=io_uring", "--direct=1", "--filename=/w/raw.dat"]
+        );
+        assert!(file.fio_env().is_empty());
+    }
+
+    #[test]
+    fn the_raw_disk_runs_reads_and_the_sequential_write() {
+        let raw: Vec<&str> = jobs()
+            .into_iter()
+            .filter(raw_disk_job)
+            .map(|j| j.name)
+            .collect();
+        assert!(raw.contains(&"seqwrite-1m-qd8"));
+        assert!(raw.contains(&"randread-4k-qd32"));
+        assert!(raw.iter().all(|n| !n.starts_with("randwrite")));
+        assert_eq!(jobs().into_iter().filter(every_job).count(), jobs().len());
+    }
+
+    #[test]
+    fn a_process_with_nothing_to_do_settles_at_once() {
+        assert_eq!(settle(&[], Duration::from_secs(5)), Duration::ZERO);
+        let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+        let waited = settle(&[sleeper.id()], Duration::from_secs(5));
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn a_busy_process_is_waited_for_up_to_the_limit() {
+        let mut spinner = Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .unwrap();
+        let waited = settle(&[spinner.id()], Duration::from_millis(600));
+        let _ = spinner.kill();
+        let _ = spinner.wait();
+        assert!(waited >= Duration::from_millis(600), "{waited:?}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
     }
 
     #[test]

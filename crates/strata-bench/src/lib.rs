@@ -414,15 +414,8 @@ fn note_failure(rep: &mut Report, what: &str, e: &anyhow::Error) {
     rep.notes.push(format!("{what}: {e:#}"));
 }
 
-/// A volume on the running Strata node, exported over NBD, through the block plan.
-fn strata_block(
-    bin: &Path,
-    peer: &peers::Peer,
-    region: u64,
-    runtime: Duration,
-    pids: &[u32],
-    out: &mut Vec<block::BlockResult>,
-) -> Result<()> {
+/// A volume of `region` bytes on the running Strata node, exported over NBD.
+fn strata_volume(bin: &Path, peer: &peers::Peer, region: u64) -> Result<block::Device> {
     let (Some(rpc), Some(nbd)) = (&peer.rpc_addr, peer.nbd_port) else {
         bail!("no rpc address or NBD port for the Strata node");
     };
@@ -459,15 +452,7 @@ fn strata_block(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    out.extend(block::run_target(
-        "strata",
-        &block::Device::Nbd(uri),
-        region,
-        runtime,
-        pids,
-        true,
-    )?);
-    Ok(())
+    Ok(block::Device::Nbd(uri))
 }
 
 /// An rbd image of `region` bytes on the running Ceph, through fio's rbd engine.
@@ -475,6 +460,7 @@ fn ceph_block(
     peer: &peers::Peer,
     region: u64,
     runtime: Duration,
+    settle: Duration,
     pids: &[u32],
     out: &mut Vec<block::BlockResult>,
 ) -> Result<()> {
@@ -483,15 +469,110 @@ fn ceph_block(
         .clone()
         .context("no config file for the Ceph cluster")?;
     let image = peers::create_rbd_image(&conf, region)?;
-    let dev = block::Device::Rbd {
-        conf,
-        pool: peers::CEPH_RBD_POOL.into(),
-        image,
+    let target = block::Target {
+        name: "ceph-rbd".into(),
+        dev: block::Device::Rbd {
+            conf,
+            pool: peers::CEPH_RBD_POOL.into(),
+            image,
+        },
+        pids: pids.to_vec(),
+        prefill: true,
+        runs: block::every_job,
     };
-    out.extend(block::run_target(
-        "ceph-rbd", &dev, region, runtime, pids, true,
-    )?);
-    Ok(())
+    let (results, mut failed) = block::run_side_by_side(&[target], region, runtime, settle);
+    out.extend(results);
+    match failed.pop() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The block stage: a Strata volume, qemu-nbd on a raw file, qemu-nbd over null-co and
+/// the raw disk, side by side (each job on every target in turn). Stops what it started.
+async fn block_stage(
+    a: &SuiteArgs,
+    work: &Path,
+    region: u64,
+    runtime: Duration,
+    settle: Duration,
+    rep: &mut Report,
+) {
+    let mut targets = Vec::new();
+    let mut guards = Vec::new();
+    if !a.skip_strata {
+        let r = async {
+            let bin = match &a.strata_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()?,
+            };
+            // A fresh node for the volume alone: room for the region, what random writes
+            // and relocations hold until they are synced, and a free margin.
+            let capacity = (region * 8).max(8 << 30);
+            let peer = peers::start_strata(&bin, work, capacity).await?;
+            let dev = strata_volume(&bin, &peer, region);
+            Ok::<_, anyhow::Error>((peer, dev))
+        }
+        .await;
+        match r {
+            Ok((mut peer, Ok(dev))) => {
+                targets.push(block::Target {
+                    name: "strata".into(),
+                    dev,
+                    pids: peer.guard.pids(),
+                    prefill: true,
+                    runs: block::every_job,
+                });
+                guards.push(std::mem::take(&mut peer.guard));
+            }
+            Ok((mut peer, Err(e))) => {
+                peer.guard.stop();
+                note_failure(rep, "Strata (block)", &e);
+            }
+            Err(e) => note_failure(rep, "Strata (block)", &e),
+        }
+    }
+    let qemu_file = work.join("qemu-nbd.raw");
+    if !a.skip_qemu_nbd {
+        for (name, backing) in [("qemu-nbd", Some(qemu_file.as_path())), ("null", None)] {
+            match block::start_qemu_nbd(backing, region) {
+                Ok(mut q) => {
+                    targets.push(block::Target {
+                        name: name.into(),
+                        dev: block::Device::Nbd(q.uri.clone()),
+                        pids: q.guard.pids(),
+                        prefill: backing.is_some(),
+                        runs: block::every_job,
+                    });
+                    guards.push(std::mem::take(&mut q.guard));
+                }
+                Err(e) => note_failure(rep, name, &e),
+            }
+        }
+    }
+    let raw_file = work.join("raw-disk.dat");
+    if !a.skip_fio {
+        targets.push(block::Target {
+            name: "raw".into(),
+            dev: block::Device::File(raw_file.clone()),
+            pids: Vec::new(),
+            prefill: true,
+            runs: block::raw_disk_job,
+        });
+    }
+    let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    println!("block targets, side by side: {}", names.join(", "));
+    let (results, failed) = block::run_side_by_side(&targets, region, runtime, settle);
+    rep.block.extend(results);
+    for (name, e) in failed {
+        note_failure(rep, &name, &e);
+    }
+    for mut g in guards {
+        g.stop();
+    }
+    let _ = std::fs::remove_dir_all(work.join("strata/data"));
+    let _ = std::fs::remove_file(&qemu_file);
+    let _ = std::fs::remove_file(&raw_file);
 }
 
 /// The standard comparison; returns the results directory.
@@ -558,13 +639,13 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
     } else {
         plan(a.quick)
     };
-    let (region, block_runtime) = if a.quick {
-        (512 * MIB, Duration::from_secs(3))
+    let (region, block_runtime, block_settle) = if a.quick {
+        (512 * MIB, Duration::from_secs(3), Duration::from_secs(5))
     } else {
-        (2048 * MIB, Duration::from_secs(10))
+        (2048 * MIB, Duration::from_secs(10), Duration::from_secs(15))
     };
-    // 3. Strata (objects, then a volume over NBD).
-    if !a.skip_strata {
+    // 3. Strata's objects.
+    if !a.skip_strata && !a.skip_object {
         println!("== Strata");
         let bin = match &a.strata_bin {
             Some(b) => b.clone(),
@@ -573,11 +654,7 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
         let r = async {
             let mut peer = peers::start_strata(&bin, &work, 24 << 30).await?;
             let pids = peer.guard.pids();
-            let mut r = run_steps("strata", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
-            if r.is_ok() && !a.skip_block {
-                write_outputs(&dir, &rep)?;
-                r = strata_block(&bin, &peer, region, block_runtime, &pids, &mut rep.block);
-            }
+            let r = run_steps("strata", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
             peer.guard.stop();
             r
         }
@@ -632,7 +709,14 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
                     write_outputs(&dir, &rep)?;
                 }
                 if !a.skip_block {
-                    let r = ceph_block(&peer, region, block_runtime, &pids, &mut rep.block);
+                    let r = ceph_block(
+                        &peer,
+                        region,
+                        block_runtime,
+                        block_settle,
+                        &pids,
+                        &mut rep.block,
+                    );
                     if let Err(e) = r {
                         note_failure(&mut rep, "Ceph (rbd)", &e);
                     }
@@ -656,32 +740,12 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
         write_outputs(&dir, &rep)?;
     }
 
-    // 6. qemu-nbd on a raw file, and the null ceiling.
-    if !a.skip_block && !a.skip_qemu_nbd {
-        println!("== qemu-nbd (raw file, --cache=none --aio=io_uring) and null-co");
-        let file = work.join("qemu-nbd.raw");
-        for (target, backing) in [("qemu-nbd", Some(file.as_path())), ("null", None)] {
-            let r = block::start_qemu_nbd(backing, region).and_then(|mut q| {
-                let pids = q.guard.pids();
-                let r = block::run_target(
-                    target,
-                    &block::Device::Nbd(q.uri.clone()),
-                    region,
-                    block_runtime,
-                    &pids,
-                    backing.is_some(),
-                );
-                q.guard.stop();
-                r
-            });
-            match r {
-                Ok(v) => rep.block.extend(v),
-                Err(e) => {
-                    note_failure(&mut rep, target, &e);
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&file);
+    // 6. Block: Strata, qemu-nbd, the null ceiling and the raw disk, side by side.
+    if !a.skip_block {
+        println!(
+            "== block (fio): Strata, qemu-nbd on a raw file, qemu-nbd over null-co, the raw disk"
+        );
+        block_stage(&a, &work, region, block_runtime, block_settle, &mut rep).await;
         write_outputs(&dir, &rep)?;
     }
 

@@ -274,14 +274,39 @@ impl Report {
             ("seqread-1m-qd8-reread", "seq-read-io_uring"),
             ("seqwrite-1m-qd8", "seq-write-io_uring"),
         ] {
-            let frac = match (self.block_result("strata", job), self.fio(raw_job)) {
-                (Some(s), Some(r)) if r.mib_per_s > 0.0 => Some(s.mib_per_s / r.mib_per_s),
+            // The same job on a raw file, run beside Strata's, when the block stage had it;
+            // else the raw-disk stage's job of the same shape.
+            let (raw, against) = match self.block_result("raw", job) {
+                Some(r) => (
+                    Some(r.mib_per_s),
+                    "the same job on a raw file, beside it".to_string(),
+                ),
+                None => (self.fio(raw_job).map(|r| r.mib_per_s), raw_job.to_string()),
+            };
+            let frac = match (self.block_result("strata", job), raw) {
+                (Some(s), Some(r)) if r > 0.0 => Some(s.mib_per_s / r),
                 _ => None,
             };
             out.push((
-                format!("NBD {job} MiB/s >= 0.8 of the raw disk's ({raw_job})"),
+                format!("NBD {job} MiB/s >= 0.8 of the raw disk's ({against})"),
                 frac.map_or("-".into(), fmt_num),
                 frac.map(|f| f >= 0.8),
+            ));
+        }
+        // What NBD itself allows on this machine: qemu-nbd storing nothing.
+        let ceiling = match (
+            self.block_result("null", "seqwrite-1m-qd8"),
+            self.block_result("raw", "seqwrite-1m-qd8"),
+        ) {
+            (Some(n), Some(r)) if r.mib_per_s > 0.0 => Some(n.mib_per_s / r.mib_per_s),
+            _ => None,
+        };
+        if let Some(c) = ceiling {
+            out.push((
+                "NBD seqwrite-1m-qd8 MiB/s of the protocol ceiling (null) against the raw disk's, for reference"
+                    .into(),
+                fmt_num(c),
+                None,
             ));
         }
         out
@@ -318,7 +343,11 @@ impl Report {
              qemu-nbd: raw file, `--cache=none --aio=io_uring` (writes reach the disk's cache; only a FLUSH makes them durable). \
              null: qemu-nbd over `null-co` (stores nothing). Jobs run in the order listed: `seqread-1m-qd8-fresh` reads the \
              region as the prefill wrote it, `seqread-1m-qd8` after the random writes rewrote much of it, \
-             `seqread-1m-qd8-reread` once more after that (Strata rewrites the scattered ranges a read finds side by side).{}\n",
+             `seqread-1m-qd8-reread` once more after that (Strata rewrites the scattered ranges a read finds side by side). \
+             raw disk: fio's `io_uring` engine with O_DIRECT on a file of the region's size, the read jobs and the \
+             sequential write. The targets run side by side: each job runs on every target in turn before the next \
+             job starts, and a server settles (its CPU goes idle, within a bound) before the next run; what it spends \
+             settling is charged to its job, and `Strata settle s` says how long that took.{}\n",
             if rbd {
                 " Ceph rbd: an image in a pool of size 1 on one BlueStore OSD, through librbd in fio's process \
                  with its default cache (`writearound`: a write is acknowledged once sent to the OSD, up to 24 MiB \
@@ -363,8 +392,10 @@ impl Report {
             cols.push(("Strata/Ceph rbd", ratio("ceph-rbd")));
         }
         cols.push(("null IOPS", iops("null")));
+        cols.push(("raw disk IOPS", iops("raw")));
         cols.push(("Strata MiB/s", mib("strata")));
         cols.push(("qemu-nbd MiB/s", mib("qemu-nbd")));
+        cols.push(("raw disk MiB/s", mib("raw")));
         if rbd {
             cols.push(("Ceph rbd MiB/s", mib("ceph-rbd")));
         }
@@ -378,6 +409,10 @@ impl Report {
         if rbd {
             cols.push(("Ceph rbd CPU ms/op", cpu("ceph-rbd")));
         }
+        cols.push((
+            "Strata settle s",
+            Box::new(move |j| opt(self.block_result("strata", j).map(|r| r.settle_s))),
+        ));
         let _ = write!(s, "| job |");
         for (h, _) in &cols {
             let _ = write!(s, " {h} |");
@@ -981,6 +1016,7 @@ mod tests {
             lat_p999_ms: 4.0,
             server_cpu_ms_per_op: Some(0.1),
             load_1m: 1.0,
+            settle_s: 0.0,
         }
     }
 
@@ -1024,11 +1060,11 @@ mod tests {
         let blocks = table(&md, "| job | Strata IOPS");
         assert_eq!(
             blocks[0],
-            "| job | Strata IOPS | qemu-nbd IOPS | Strata/qemu-nbd | null IOPS | Strata MiB/s | qemu-nbd MiB/s | Strata p50/p99 ms | qemu-nbd p50/p99 ms | Strata CPU ms/op | qemu-nbd CPU ms/op |"
+            "| job | Strata IOPS | qemu-nbd IOPS | Strata/qemu-nbd | null IOPS | raw disk IOPS | Strata MiB/s | qemu-nbd MiB/s | raw disk MiB/s | Strata p50/p99 ms | qemu-nbd p50/p99 ms | Strata CPU ms/op | qemu-nbd CPU ms/op | Strata settle s |"
         );
         assert_rectangular(&blocks);
         assert!(
-            md.contains("| randread-4k-qd32 | 20000 | 10000 | 2.00x | - | 78.1 | 39.1 |"),
+            md.contains("| randread-4k-qd32 | 20000 | 10000 | 2.00x | - | - | 78.1 | 39.1 | - |"),
             "{md}"
         );
         assert!(!md.contains("Ceph"), "{md}");
@@ -1083,6 +1119,30 @@ mod tests {
         let svg = r.svg_size();
         assert!(svg.contains("Ceph PUT") && !svg.contains("Ceph GET"));
         assert!(r.svg_concurrency().contains("Ceph PUT"));
+    }
+
+    #[test]
+    fn sequential_targets_use_the_raw_file_run_beside_them() {
+        let mut r = report();
+        let mut seq = |target: &str, job: &str, mib: f64| {
+            let mut b = block(target, job, mib);
+            b.mib_per_s = mib;
+            r.block.push(b);
+        };
+        seq("strata", "seqwrite-1m-qd8", 900.0);
+        seq("raw", "seqwrite-1m-qd8", 1000.0);
+        seq("null", "seqwrite-1m-qd8", 950.0);
+        seq("strata", "seqread-1m-qd8-fresh", 700.0);
+        let t = r.targets();
+        let find = |head: &str| t.iter().find(|x| x.0.starts_with(head)).unwrap().clone();
+        let w = find("NBD seqwrite-1m-qd8 MiB/s >= 0.8");
+        assert!(w.0.contains("beside it"), "{w:?}");
+        assert_eq!((w.1.as_str(), w.2), ("0.90", Some(true)));
+        let c = find("NBD seqwrite-1m-qd8 MiB/s of the protocol ceiling");
+        assert_eq!((c.1.as_str(), c.2), ("0.95", None));
+        // No raw run of that job beside it: the raw-disk stage's job of the same shape.
+        let fresh = find("NBD seqread-1m-qd8-fresh MiB/s >= 0.8");
+        assert!(fresh.0.contains("(seq-read-io_uring)"), "{fresh:?}");
     }
 
     #[test]
