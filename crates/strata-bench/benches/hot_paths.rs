@@ -80,6 +80,7 @@ fn disk_engine(c: &mut Criterion) {
         capacity_bytes: 2 << 30,
         force_syscall_io: false,
         read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
+        straighten_idle_ms: strata_disk::STRAIGHTEN_IDLE_MS_DEFAULT,
     })
     .expect("the disk opens");
     let rt = tokio::runtime::Runtime::new().expect("a runtime");

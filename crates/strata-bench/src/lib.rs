@@ -563,6 +563,15 @@ async fn block_stage(
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     println!("block targets, side by side: {}", names.join(", "));
     let (results, failed) = block::run_side_by_side(&targets, region, runtime, settle);
+    for r in results
+        .iter()
+        .filter(|r| r.settle_s >= settle.as_secs_f64())
+    {
+        rep.notes.push(format!(
+            "{} was still busy {:.0} s after {} ended: the next run started beside it",
+            r.target, r.settle_s, r.job
+        ));
+    }
     rep.block.extend(results);
     for (name, e) in failed {
         note_failure(rep, &name, &e);

@@ -343,7 +343,8 @@ impl Report {
              qemu-nbd: raw file, `--cache=none --aio=io_uring` (writes reach the disk's cache; only a FLUSH makes them durable). \
              null: qemu-nbd over `null-co` (stores nothing). Jobs run in the order listed: `seqread-1m-qd8-fresh` reads the \
              region as the prefill wrote it, `seqread-1m-qd8` after the random writes rewrote much of it, \
-             `seqread-1m-qd8-reread` once more after that (Strata rewrites the scattered ranges a read finds side by side). \
+             `seqread-1m-qd8-reread` once more after that (Strata rewrites scattered ranges side by side when a read finds them, \
+             and once the volume is idle: within the settle after a random-write job). \
              raw disk: fio's `io_uring` engine with O_DIRECT on a file of the region's size, the read jobs and the \
              sequential write. The targets run side by side: each job runs on every target in turn before the next \
              job starts, and a server settles (its CPU goes idle, within a bound) before the next run; what it spends \

@@ -21,6 +21,7 @@ async fn start(node_id: u64, write_quorum: usize) -> (Node, String) {
         capacity_bytes: 64 << 20,
         force_syscall_io: false,
         read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
+        straighten_idle_ms: strata_disk::STRAIGHTEN_IDLE_MS_DEFAULT,
     })
     .expect("disk");
     let data = DataPlane::new(

@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
             capacity_bytes: 1 << 30,
             force_syscall_io,
             read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
+            straighten_idle_ms: strata_disk::STRAIGHTEN_IDLE_MS_DEFAULT,
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));

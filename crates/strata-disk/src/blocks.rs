@@ -203,6 +203,8 @@ impl Disk {
                 "block numbers must be strictly ascending".into(),
             ));
         }
+        self.straighten.busy();
+        self.straighten.wrote(volume, blocks);
         let ext = self.alloc_extent(count).await?;
         let crcs: Vec<u32> = parts
             .iter()
@@ -247,6 +249,7 @@ impl Disk {
     /// Makes blocks `first..first + count` of a volume holes. `Ok` means durable.
     pub async fn trim_blocks(&self, volume: u64, first: u64, count: u64) -> Result<()> {
         check_range(first, count, u64::MAX)?;
+        self.straighten.busy();
         self.submit(|reply| CommitOp::TrimBlocks {
             volume,
             first,
@@ -314,6 +317,29 @@ impl Disk {
     /// Reads and verifies blocks `first..first + count` of a volume; holes read as zeroes.
     pub async fn read_blocks(&self, volume: u64, first: u64, count: u64) -> Result<BlockRead> {
         check_range(first, count, BLOCKS_PER_WRITE_MAX)?;
+        self.straighten.busy();
+        self.read_checked(volume, first, count).await
+    }
+
+    /// Looks a span of a volume up in the index and, if its blocks are scattered, reads it
+    /// (which relocates it). Idle-time work: it does not count as the disk being busy.
+    pub(crate) async fn straighten_span(&self, volume: u64, span: u64) -> Result<()> {
+        let first = span * crate::straighten::SPAN_BLOCKS;
+        let count = crate::straighten::SPAN_BLOCKS;
+        if !crate::relocate::scattered(&self.block_entries(volume, first, count)?) {
+            return Ok(());
+        }
+        match self.read_checked(volume, first, count).await {
+            Err(e @ DiskError::CorruptBlock { .. }) => {
+                tracing::warn!(volume, first, count, error = %e, "straightening found a corrupt block");
+                Err(e)
+            }
+            r => r.map(drop),
+        }
+    }
+
+    /// [`Disk::read_blocks`] past the argument check.
+    async fn read_checked(&self, volume: u64, first: u64, count: u64) -> Result<BlockRead> {
         let mut bad = (first, "crc32c mismatch");
         for _ in 0..READ_ATTEMPTS {
             // Taken before the index is read: a relocation of what this read finds applies
@@ -423,6 +449,7 @@ mod unsynced_tests {
             capacity_bytes: 16 << 20,
             force_syscall_io: false,
             read_cache_bytes: crate::READ_CACHE_BYTES_DEFAULT,
+            straighten_idle_ms: 0,
         })
         .expect("open")
     }

@@ -7,6 +7,7 @@ use crate::commit::{self, CommitOp, Committer, Counters};
 use crate::index::{self, ChunkEntry, Format, CF_CHUNKS, CF_META, CF_RECORDS, META_FORMAT};
 use crate::io::{read_full_at, write_full_at, IoEngine};
 use crate::relocate::WriteStamps;
+use crate::straighten::Straighten;
 use crate::{DiskConfig, DiskError, DiskUsage, Record, Result, TallyTotals};
 use bytes::Bytes;
 use rocksdb::{Direction, IteratorMode, WriteOptions, DB};
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use strata_types::{ChunkId, CHUNK_SIZE_BYTES_MAX};
 use tokio::sync::{mpsc, oneshot};
 
@@ -62,6 +64,7 @@ pub struct Disk {
     /// (a relocation) runs there, not on the caller's runtime, which may be a connection's
     /// own and end with it.
     pub(crate) home: Option<tokio::runtime::Handle>,
+    pub(crate) straighten: Straighten,
 }
 
 impl std::fmt::Debug for Disk {
@@ -194,7 +197,7 @@ impl Disk {
             io_backend = io.name(),
             "disk opened"
         );
-        Ok(Arc::new(Disk {
+        let disk = Arc::new(Disk {
             db,
             io,
             alloc,
@@ -205,7 +208,15 @@ impl Disk {
             cache: ReadCache::new(cfg.read_cache_bytes),
             stamps,
             home: tokio::runtime::Handle::try_current().ok(),
-        }))
+            straighten: Straighten::new(Duration::from_millis(cfg.straighten_idle_ms)),
+        });
+        if let (true, Some(home)) = (disk.straighten.enabled(), &disk.home) {
+            home.spawn(crate::straighten::run(
+                Arc::downgrade(&disk),
+                Duration::from_millis(cfg.straighten_idle_ms),
+            ));
+        }
+        Ok(disk)
     }
 
     /// Initialises a fresh disk (superblock, then format entry), or checks that the data file

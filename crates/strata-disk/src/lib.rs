@@ -25,6 +25,7 @@ mod index;
 mod io;
 mod local;
 mod relocate;
+mod straighten;
 
 pub use blocks::{BlockRead, BLOCKS_PER_WRITE_MAX, BLOCK_BYTES};
 pub use disk::{CommitStats, Disk};
@@ -125,7 +126,15 @@ pub struct DiskConfig {
     /// Memory for chunks recently read, answered again without a disk read; 0 turns the
     /// read cache off.
     pub read_cache_bytes: u64,
+    /// Milliseconds without a volume read or write after which the disk straightens the
+    /// volume ranges that writes scattered; 0 turns that off (reads still straighten what
+    /// they find scattered).
+    pub straighten_idle_ms: u64,
 }
+
+/// How long a disk waits without volume I/O before it straightens scattered ranges, unless
+/// configured otherwise: 100 ms.
+pub const STRAIGHTEN_IDLE_MS_DEFAULT: u64 = 100;
 
 /// The read cache of a disk unless configured otherwise: 512 MiB.
 pub const READ_CACHE_BYTES_DEFAULT: u64 = 512 << 20;

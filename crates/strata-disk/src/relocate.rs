@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 /// Write stamps per disk; a stamp covers the blocks whose `(volume, block >> SPAN_SHIFT)`
 /// hashes to it.
 const STAMPS: usize = 1024;
-const SPAN_SHIFT: u32 = 8;
+pub(crate) const SPAN_SHIFT: u32 = 8;
 /// A read relocates only ranges of at least this many present blocks...
 const MIN_BLOCKS: usize = 32;
 /// ...whose mean run on disk is shorter than this many blocks.
@@ -131,6 +131,13 @@ impl Drop for Slot {
     }
 }
 
+/// Are the present blocks of a range (at least [`MIN_BLOCKS`] of them) scattered over runs
+/// shorter than [`MEAN_RUN_MAX`] blocks on average?
+pub(crate) fn scattered(entries: &BTreeMap<u64, BlockEntry>) -> bool {
+    let n = entries.len();
+    n >= MIN_BLOCKS && runs(entries) * MEAN_RUN_MAX > n
+}
+
 /// Runs of `entries` that are contiguous both in the volume and on disk.
 fn runs(entries: &BTreeMap<u64, BlockEntry>) -> usize {
     let mut runs = 0;
@@ -145,6 +152,11 @@ fn runs(entries: &BTreeMap<u64, BlockEntry>) -> usize {
 }
 
 impl Disk {
+    /// Could a relocation start now?
+    pub(crate) fn relocation_slot_free(&self) -> bool {
+        self.stamps.in_flight.load(Ordering::SeqCst) < IN_FLIGHT_MAX
+    }
+
     /// After a verified read of blocks `first..` whose entries were `entries` (looked up after
     /// `stamps` were taken): if the present blocks lie in many short runs, write them side by
     /// side in the background and swap their entries over if nothing changed them meanwhile.
@@ -158,7 +170,7 @@ impl Disk {
     ) {
         let n = entries.len();
         let Some(stamps) = stamps else { return };
-        if n < MIN_BLOCKS || runs(entries) * MEAN_RUN_MAX <= n {
+        if !scattered(entries) {
             return;
         }
         let Some(rt) = self

@@ -17,6 +17,7 @@ fn open(dir: &Path, syscall: bool) -> Arc<Disk> {
         capacity_bytes: 64 * MIB,
         force_syscall_io: syscall,
         read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
+        straighten_idle_ms: 0,
     })
     .expect("open")
 }

@@ -22,6 +22,9 @@ fn cfg(dir: &Path, backend: Backend, capacity: u64) -> DiskConfig {
         capacity_bytes: capacity,
         force_syscall_io: matches!(backend, Backend::Syscall),
         read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
+        // Off, so that what a test reads is placed as its writes left it; one test turns
+        // it on.
+        straighten_idle_ms: 0,
     }
 }
 
@@ -84,6 +87,7 @@ both_backends!(
     concurrent_overwrites_never_read_as_corrupt,
     writers_share_syncs,
     scattered_ranges_are_relocated_when_read,
+    idle_disks_straighten_what_writes_scattered,
     relocation_never_undoes_a_racing_write,
     unsynced_overwrites_of_a_full_disk_get_space_back,
     block_aligned_parts_are_written_in_place,
@@ -796,6 +800,72 @@ async fn scattered_ranges_are_relocated_when_read(b: Backend) {
     );
     assert_eq!(scattered(&disk), 0);
     assert_eq!(disk.usage().used_bytes, 256 * 4096);
+}
+
+async fn idle_disks_straighten_what_writes_scattered(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Disk::open(DiskConfig {
+        straighten_idle_ms: 200,
+        ..cfg(dir.path(), b, 64 * MIB)
+    })
+    .expect("open");
+    let runs = |d: &Disk, first: u64, n: u64| {
+        let at = |b| d.block_location(5, b).unwrap().unwrap();
+        1 + (first + 1..first + n)
+            .filter(|&b| at(b) != at(b - 1) + 4096)
+            .count()
+    };
+    // Blocks 0..256 written one at a time in shuffled order; 256..512 in one write; 16
+    // scattered blocks of 512..768, too few to be worth moving.
+    write_scattered(&disk, 5, 256, 1, 7).await;
+    disk.write_blocks(
+        5,
+        256,
+        Bytes::from((256..512).flat_map(|b| vblock(b, 1)).collect::<Vec<u8>>()),
+    )
+    .await
+    .unwrap();
+    for blk in (512..768).step_by(16) {
+        disk.write_block_list(5, &[blk], Bytes::from(vblock(blk, 1)))
+            .await
+            .unwrap();
+    }
+    assert!(
+        runs(&disk, 0, 256) > 100,
+        "the shuffled writes are scattered"
+    );
+    // While the disk serves volume I/O, it does not straighten.
+    let busy_until = std::time::Instant::now() + std::time::Duration::from_millis(600);
+    while std::time::Instant::now() < busy_until {
+        disk.read_blocks(5, 300, 1).await.unwrap();
+    }
+    assert_eq!(disk.commit_stats().relocated_blocks, 0);
+    // Idle, it does, without a read from anyone.
+    wait_relocated(&disk, 256).await;
+    assert_eq!(runs(&disk, 0, 256), 1, "the range now lies in one run");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        disk.commit_stats().relocated_blocks,
+        256,
+        "the range written whole and the sparse one are left alone"
+    );
+    let expect: Vec<u8> = (0..512).flat_map(|b| vblock(b, 1)).collect();
+    for first in [0, 256] {
+        let read = disk.read_blocks(5, first, 256).await.unwrap();
+        let at = first as usize * 4096;
+        assert_eq!(&read.data[..], &expect[at..at + 256 * 4096]);
+    }
+    // What it moved away from is free once a synced round recorded the move.
+    disk.sync().await.unwrap();
+    disk.put_record(b"synced", rec(1, Some(b"round")))
+        .await
+        .unwrap();
+    assert_eq!(disk.usage().used_bytes, (256 + 256 + 16) * 4096);
+    drop(disk);
+    let disk = open(dir.path(), b, 64 * MIB);
+    assert_eq!(runs(&disk, 0, 256), 1);
+    let read = disk.read_blocks(5, 0, 256).await.unwrap();
+    assert_eq!(&read.data[..], &expect[..256 * 4096]);
 }
 
 async fn relocation_never_undoes_a_racing_write(b: Backend) {

@@ -83,6 +83,7 @@ fn config(dir: &Path, round: u64) -> DiskConfig {
         // Odd rounds crash the pread/pwrite backend, even rounds io_uring.
         force_syscall_io: round & 1 == 1,
         read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
+        straighten_idle_ms: strata_disk::STRAIGHTEN_IDLE_MS_DEFAULT,
     }
 }
 

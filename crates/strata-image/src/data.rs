@@ -330,6 +330,7 @@ pub(crate) mod tests {
             capacity_bytes: 256 << 20,
             force_syscall_io: false,
             read_cache_bytes: strata_disk::READ_CACHE_BYTES_DEFAULT,
+            straighten_idle_ms: strata_disk::STRAIGHTEN_IDLE_MS_DEFAULT,
         })
         .expect("disk opens");
         let data = DataPlane::new(

@@ -86,6 +86,14 @@ pub struct DiskSection {
     /// Memory for the disk's read cache of chunks (0: none).
     #[serde(default = "default_read_cache")]
     pub read_cache_bytes: u64,
+    /// Milliseconds without volume I/O after which the disk straightens volume ranges that
+    /// writes scattered (0: only reads straighten what they find).
+    #[serde(default = "default_straighten_idle")]
+    pub straighten_idle_ms: u64,
+}
+
+fn default_straighten_idle() -> u64 {
+    strata_disk::STRAIGHTEN_IDLE_MS_DEFAULT
 }
 
 fn default_read_cache() -> u64 {
@@ -179,6 +187,7 @@ fn default_disks() -> Vec<DiskSection> {
         capacity_bytes: default_capacity(),
         weight: default_weight(),
         read_cache_bytes: default_read_cache(),
+        straighten_idle_ms: default_straighten_idle(),
     }]
 }
 

@@ -321,6 +321,7 @@ fn open_disks(cfg: &NodeConfig) -> anyhow::Result<BTreeMap<u64, Arc<Disk>>> {
             capacity_bytes: d.capacity_bytes,
             force_syscall_io: false,
             read_cache_bytes: d.read_cache_bytes,
+            straighten_idle_ms: d.straighten_idle_ms,
         })
         .with_context(|| format!("opening disk {}", d.path.display()))?;
         tracing::info!(disk = id, backend = disk.usage().io_backend, "disk open");
