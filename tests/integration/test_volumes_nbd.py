@@ -178,3 +178,24 @@ def test_a_full_disk_answers_enospc_and_recovers(small_disk_node):
               "-c", f"write -P 0x63 {8 * MiB} {16 * MiB}", "-c", "flush",
               "-c", f"read -P 0x63 {8 * MiB} {16 * MiB}", "-c", f"read -P 0x21 0 {8 * MiB}")  # fmt: skip
     assert "Pattern verification failed" not in out, out
+
+
+def test_bench_block_runs_the_plan_against_any_export(single_node, strata_bin):
+    """`strata bench block` drives fio's nbd engine against an export it is given: the
+    prefill, then the jobs asked for, with the server's CPU per I/O; an unknown job is
+    refused before anything is written."""
+    single_node.admin("volume", "create", "benched", "64M")
+    url = single_node.nbd_url("benched")
+    jobs = ["randread-4k-qd32", "randwrite-4k-qd1-flush", "seqwrite-1m-qd8"]
+    out = run(str(strata_bin), "bench", "block", "--uri", url, "--size", "64m",
+              "--runtime", "1", "--jobs", ",".join(jobs), "--server-pid", str(single_node.pid),
+              "--json")  # fmt: skip
+    results = json.loads(out)
+    assert [r["job"] for r in results] == jobs, results
+    for r in results:
+        assert r["iops"] > 0 and r["mib_per_s"] > 0, r
+        assert r["lat_p50_ms"] <= r["lat_p99_ms"] <= r["lat_p999_ms"], r
+        assert r["server_cpu_ms_per_op"] is not None and r["server_cpu_ms_per_op"] > 0, r
+    bad = subprocess.run([str(strata_bin), "bench", "block", "--uri", url, "--jobs", "nope"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode != 0 and "no job" in bad.stderr, bad

@@ -199,7 +199,7 @@ pub struct Target {
     /// holes); the null device stores nothing and needs none.
     pub prefill: bool,
     /// Which jobs of the plan it runs.
-    pub runs: fn(&BlockJob) -> bool,
+    pub runs: Box<dyn Fn(&BlockJob) -> bool + Send>,
 }
 
 /// Every job of the plan.
@@ -234,8 +234,8 @@ pub fn settle(pids: &[u32], max: Duration) -> Duration {
     }
 }
 
-/// Runs the plan against every target side by side: each job runs on every target in
-/// turn before the next job starts, and after each run the server settles (its CPU goes
+/// Runs the plan against every target side by side (progress on stderr): each job runs on
+/// every target in turn before the next job starts, and after each run the server settles (its CPU goes
 /// idle, at most `settle_max`) before the next run starts; the CPU it spent settling is
 /// charged to the job that left it busy. A target that fails leaves the plan; its error
 /// comes back beside the results.
@@ -259,7 +259,7 @@ pub fn run_side_by_side(
         match fio(&t.dev, &fill, region, None) {
             Ok(_) => {
                 let waited = settle(&t.pids, settle_max);
-                println!(
+                eprintln!(
                     "{:<8} prefilled {} MiB in {:.1} s (settled in {:.1} s)",
                     t.name,
                     region >> 20,
@@ -311,7 +311,7 @@ fn run_job(
         load_1m,
         settle_s: waited.as_secs_f64(),
     };
-    println!(
+    eprintln!(
         "{:<8} {:<24} {:>9} IOPS {:>8} MiB/s  p50 {:>7} p99 {:>7} p99.9 {:>7} ms  server CPU {} ms/op  settled {:.1} s",
         r.target,
         r.job,

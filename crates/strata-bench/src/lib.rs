@@ -34,6 +34,40 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Drive one workload against any Swift endpoint.
     Load(LoadArgs),
+    /// Run the block plan (fio's nbd engine) against any NBD export. The write jobs and the
+    /// prefill overwrite the export's data.
+    Block(BlockArgs),
+}
+
+/// The block plan against a given NBD export.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BlockArgs {
+    /// The export: nbd://host:port/name.
+    #[arg(long)]
+    pub uri: String,
+    /// Bytes of the export the jobs cover, from its start (k/m/g/t suffixes).
+    #[arg(long, default_value = "512m", value_parser = parse_region)]
+    pub size: u64,
+    /// Seconds per job.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub runtime: u64,
+    /// Only these jobs (comma-separated; default: the whole plan, in its order).
+    #[arg(long, value_delimiter = ',')]
+    pub jobs: Vec<String>,
+    /// Do not write the region once before the jobs (reads of a fresh export may then
+    /// find holes, which servers answer without touching a disk).
+    #[arg(long)]
+    pub no_prefill: bool,
+    /// Server processes whose CPU (with their descendants) is charged per I/O; the server
+    /// settles (goes idle) after each job before the next starts.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+    /// Longest wait, in seconds, for the server to go idle after each job.
+    #[arg(long, default_value_t = 15)]
+    pub settle: u64,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The standard comparison: Strata, Swift and the raw disk.
@@ -122,19 +156,36 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
-/// `4096`, `4k`, `1m`, `64MiB`, `1g`.
+/// An object size: `4096`, `4k`, `1m`, `64MiB`, `1g` (at most 1 GiB).
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_bytes(s, 1024 * MIB)
+}
+
+/// A block region: a size as for objects, also with a `t` suffix, a whole number of 4 KiB
+/// blocks from 1 MiB to 1 PiB.
+pub fn parse_region(s: &str) -> Result<u64, String> {
+    let n = parse_bytes(s, 1 << 50)?;
+    if n < MIB || n % 4096 != 0 {
+        return Err(format!(
+            "{s}: a region is at least 1 MiB, in whole 4 KiB blocks"
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_bytes(s: &str, max: u64) -> Result<u64, String> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.trim_end_matches("ib").trim_end_matches('b');
     let (num, mult) = match t.chars().last() {
         Some('k') => (&t[..t.len() - 1], KIB),
         Some('m') => (&t[..t.len() - 1], MIB),
         Some('g') => (&t[..t.len() - 1], 1024 * MIB),
+        Some('t') => (&t[..t.len() - 1], 1024 * 1024 * MIB),
         _ => (t, 1),
     };
     let n: u64 = num.trim().parse().map_err(|_| format!("not a size: {s}"))?;
     n.checked_mul(mult)
-        .filter(|v| *v <= 1024 * MIB)
+        .filter(|v| *v <= max)
         .ok_or_else(|| format!("size too large: {s}"))
 }
 
@@ -147,6 +198,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let work = async {
             match args.command {
                 Some(BenchCommand::Load(l)) => run_load(l).await,
+                Some(BenchCommand::Block(b)) => tokio::task::spawn_blocking(move || run_block(b))
+                    .await
+                    .context("the block plan stopped")?,
                 None => run_suite(args.suite).await.map(|_| ()),
             }
         };
@@ -201,6 +255,34 @@ async fn run_load(a: LoadArgs) -> Result<()> {
         print_run(&r);
     }
     Ok(())
+}
+
+fn run_block(a: BlockArgs) -> Result<()> {
+    let known: Vec<&str> = block::jobs().iter().map(|j| j.name).collect();
+    if let Some(bad) = a.jobs.iter().find(|j| !known.contains(&j.as_str())) {
+        bail!("no job {bad:?}; the plan has {}", known.join(", "));
+    }
+    let only = a.jobs.clone();
+    let target = block::Target {
+        name: "export".into(),
+        dev: block::Device::Nbd(a.uri.clone()),
+        pids: a.server_pids.clone(),
+        prefill: !a.no_prefill,
+        runs: Box::new(move |j| only.is_empty() || only.iter().any(|n| n == j.name)),
+    };
+    let (results, mut failed) = block::run_side_by_side(
+        &[target],
+        a.size,
+        Duration::from_secs(a.runtime),
+        Duration::from_secs(a.settle),
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    match failed.pop() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn print_run(r: &RunResult) {
@@ -404,6 +486,9 @@ fn write_outputs(dir: &Path, r: &Report) -> Result<()> {
         dir.join("throughput-vs-concurrency.svg"),
         r.svg_concurrency(),
     )?;
+    if !r.block.is_empty() {
+        std::fs::write(dir.join("iops-vs-queue-depth.svg"), r.svg_queue_depth())?;
+    }
     Ok(())
 }
 
@@ -478,7 +563,7 @@ fn ceph_block(
         },
         pids: pids.to_vec(),
         prefill: true,
-        runs: block::every_job,
+        runs: Box::new(block::every_job),
     };
     let (results, mut failed) = block::run_side_by_side(&[target], region, runtime, settle);
     out.extend(results);
@@ -521,7 +606,7 @@ async fn block_stage(
                     dev,
                     pids: peer.guard.pids(),
                     prefill: true,
-                    runs: block::every_job,
+                    runs: Box::new(block::every_job),
                 });
                 guards.push(std::mem::take(&mut peer.guard));
             }
@@ -542,7 +627,7 @@ async fn block_stage(
                         dev: block::Device::Nbd(q.uri.clone()),
                         pids: q.guard.pids(),
                         prefill: backing.is_some(),
-                        runs: block::every_job,
+                        runs: Box::new(block::every_job),
                     });
                     guards.push(std::mem::take(&mut q.guard));
                 }
@@ -557,7 +642,7 @@ async fn block_stage(
             dev: block::Device::File(raw_file.clone()),
             pids: Vec::new(),
             prefill: true,
-            runs: block::raw_disk_job,
+            runs: Box::new(block::raw_disk_job),
         });
     }
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
@@ -780,6 +865,17 @@ mod tests {
         assert_eq!(parse_size("64MB"), Ok(64 * MIB));
         assert!(parse_size("x").is_err());
         assert!(parse_size("2048g").is_err());
+        assert!(parse_size("2g").is_err(), "objects are at most 1 GiB");
+    }
+
+    #[test]
+    fn regions_parse() {
+        assert_eq!(parse_region("512m"), Ok(512 * MIB));
+        assert_eq!(parse_region("2g"), Ok(2048 * MIB));
+        assert_eq!(parse_region("1t"), Ok(1 << 40));
+        assert!(parse_region("4k").is_err(), "below 1 MiB");
+        assert!(parse_region("1048577").is_err(), "not whole blocks");
+        assert!(parse_region("2048t").is_err(), "above 1 PiB");
     }
 
     #[test]

@@ -714,10 +714,50 @@ impl Report {
             |c| c.to_string(),
         )
     }
+
+    /// 4 KiB random IOPS against queue depth, one series per (block target, read or write;
+    /// writes without a FLUSH after each).
+    pub fn svg_queue_depth(&self) -> String {
+        let mut series = Vec::new();
+        for (target, label) in BLOCK_TARGETS {
+            for rw in ["randread", "randwrite"] {
+                let mut pts: Vec<(f64, f64)> = crate::block::jobs()
+                    .into_iter()
+                    .filter(|j| j.rw == rw && j.block_size == 4096 && !j.flush)
+                    .filter_map(|j| {
+                        let r = self.block_result(target, j.name)?;
+                        (r.iops > 0.0).then_some((f64::from(j.iodepth), r.iops))
+                    })
+                    .collect();
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                if !pts.is_empty() {
+                    series.push((format!("{label} {rw}"), pts));
+                }
+            }
+        }
+        line_chart(
+            "4 KiB random IOPS vs queue depth",
+            "queue depth",
+            "IOPS",
+            &series,
+            &[],
+            |c| c.to_string(),
+        )
+    }
 }
 
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b",
+/// Block targets as the charts name them.
+const BLOCK_TARGETS: [(&str, &str); 5] = [
+    ("strata", "Strata"),
+    ("qemu-nbd", "qemu-nbd"),
+    ("ceph-rbd", "Ceph rbd"),
+    ("null", "null"),
+    ("raw", "raw disk"),
+];
+
+const COLORS: [&str; 10] = [
+    "#1f77b4", "#2ca02c", "#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
 ];
 
 fn esc(s: &str) -> String {
@@ -833,7 +873,7 @@ pub fn line_chart(
     let mut legend_y = t + 10.0;
     for (i, (name, pts)) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
-        let dash = if name.contains("GET") {
+        let dash = if name.contains("GET") || name.contains("read") {
             r#" stroke-dasharray="6 3""#
         } else {
             ""
@@ -1144,6 +1184,34 @@ mod tests {
         // No raw run of that job beside it: the raw-disk stage's job of the same shape.
         let fresh = find("NBD seqread-1m-qd8-fresh MiB/s >= 0.8");
         assert!(fresh.0.contains("(seq-read-io_uring)"), "{fresh:?}");
+    }
+
+    #[test]
+    fn iops_against_queue_depth_has_a_series_per_target_and_direction() {
+        let mut r = report();
+        r.block = vec![
+            block("strata", "randread-4k-qd1", 4000.0),
+            block("strata", "randread-4k-qd32", 40000.0),
+            block("strata", "randwrite-4k-qd1", 9000.0),
+            block("strata", "randwrite-4k-qd32", 45000.0),
+            block("strata", "randwrite-4k-qd32-flush", 12000.0),
+            block("qemu-nbd", "randread-4k-qd32", 20000.0),
+            block("raw", "randread-4k-qd1", 13000.0),
+        ];
+        let svg = r.svg_queue_depth();
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+        for name in [
+            "Strata randread",
+            "Strata randwrite",
+            "qemu-nbd randread",
+            "raw disk randread",
+        ] {
+            assert!(svg.contains(&format!(">{name}</text>")), "{name} in {svg}");
+        }
+        assert!(!svg.contains("qemu-nbd randwrite") && !svg.contains("Ceph"));
+        // The FLUSH variant is not a point of the write series: two points, QD 1 and 32.
+        assert!(svg.contains("Strata randwrite 32: 45000"), "{svg}");
+        assert!(!svg.contains("12000"), "{svg}");
     }
 
     #[test]
