@@ -382,26 +382,41 @@ pub fn ceiling_plan(quick: bool) -> Vec<Step> {
     v
 }
 
-/// Runs `steps` against one endpoint; reads use the objects the writes of their size made.
-async fn run_steps(
-    target: &str,
-    ep: &client::Endpoint,
-    steps: &[Step],
-    server_pids: &[u32],
-    out: &mut Vec<RunResult>,
-) -> Result<()> {
-    let container = "strata-bench";
-    client::ensure_container(ep, container).await?;
-    let mut written: HashMap<u64, Vec<String>> = HashMap::new();
-    let run_id = format!("{:08x}", rand::random::<u32>());
-    for (i, s) in steps.iter().enumerate() {
-        let pool = written.entry(s.size).or_default();
+/// One object endpoint of the plan, and the objects its PUTs wrote so far (per size).
+struct ObjectTarget {
+    name: &'static str,
+    ep: client::Endpoint,
+    pids: Vec<u32>,
+    written: HashMap<u64, Vec<String>>,
+    run_id: String,
+}
+
+impl ObjectTarget {
+    fn new(name: &'static str, ep: client::Endpoint, pids: Vec<u32>) -> Self {
+        ObjectTarget {
+            name,
+            ep,
+            pids,
+            written: HashMap::new(),
+            run_id: format!("{:08x}", rand::random::<u32>()),
+        }
+    }
+
+    /// Step `i` of the plan; GET, HEAD and DELETE use what the PUTs of their size wrote
+    /// (a few objects are written first when there are none). The server then settles (at
+    /// most `settle`), and what it spent settling is charged to the step.
+    async fn step(&mut self, i: usize, s: &Step, settle: Duration) -> Result<RunResult> {
+        const CONTAINER: &str = "strata-bench";
+        if i == 0 {
+            client::ensure_container(&self.ep, CONTAINER).await?;
+        }
+        let pool = self.written.entry(s.size).or_default();
         if matches!(s.op, Op::Get | Op::Head | Op::Delete) && pool.is_empty() {
             let n = if s.size >= 16 * MIB { 4 } else { 64 };
             *pool = load::prefill(
-                ep,
-                container,
-                &format!("{run_id}-pre{}", s.size),
+                &self.ep,
+                CONTAINER,
+                &format!("{}-pre{}", self.run_id, s.size),
                 s.size,
                 n,
                 4,
@@ -414,16 +429,53 @@ async fn run_steps(
             concurrency: s.concurrency,
             duration: Duration::from_secs_f64(s.seconds),
             max_ops: s.max_ops,
-            container: container.into(),
-            prefix: format!("{run_id}-{i}-{}", s.size),
+            container: CONTAINER.into(),
+            prefix: format!("{}-{i}-{}", self.run_id, s.size),
             names: Arc::new(pool.clone()),
         };
-        let (r, names) = load::run(target, ep, &w, server_pids).await?;
-        print_run(&r);
+        let (mut r, names) = load::run(self.name, &self.ep, &w, &self.pids).await?;
         pool.extend(names);
-        out.push(r);
+        let pids = self.pids.clone();
+        let (waited, spent) = tokio::task::spawn_blocking(move || {
+            let before = procstat::CpuSample::take(&pids);
+            let waited = block::settle(&pids, settle);
+            (
+                waited,
+                before.seconds_until(&procstat::CpuSample::take(&pids)),
+            )
+        })
+        .await?;
+        if let Some(cpu) = r.server_cpu_ms_per_op.as_mut() {
+            *cpu += spent * 1000.0 / r.ops.max(1) as f64;
+        }
+        r.settle_s = waited.as_secs_f64();
+        print_run(&r);
+        Ok(r)
     }
-    Ok(())
+}
+
+/// The object plan against every target side by side: each step runs on every target in
+/// turn before the next step starts, so a ratio compares runs seconds apart. A target that
+/// fails leaves the plan; its error comes back.
+async fn run_objects(
+    targets: &mut [ObjectTarget],
+    steps: &[Step],
+    settle: Duration,
+    out: &mut Vec<RunResult>,
+) -> Vec<(&'static str, anyhow::Error)> {
+    let mut failed: Vec<(&'static str, anyhow::Error)> = Vec::new();
+    for (i, s) in steps.iter().enumerate() {
+        for t in targets.iter_mut() {
+            if failed.iter().any(|(n, _)| *n == t.name) {
+                continue;
+            }
+            match t.step(i, s, settle).await {
+                Ok(r) => out.push(r),
+                Err(e) => failed.push((t.name, e)),
+            }
+        }
+    }
+    failed
 }
 
 fn machine(work: &Path) -> report::Machine {
@@ -691,14 +743,14 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
     {
         let mem = memserver::MemServer::start().await?;
         let ep = client::tempauth(&mem.auth_url(), memserver::USER, memserver::KEY).await?;
-        run_steps(
-            "ceiling",
-            &ep,
-            &ceiling_plan(a.quick),
-            &[],
-            &mut rep.ceiling,
-        )
-        .await?;
+        let mut mem_target = [ObjectTarget::new("ceiling", ep, Vec::new())];
+        let plan = ceiling_plan(a.quick);
+        if let Some((_, e)) = run_objects(&mut mem_target, &plan, Duration::ZERO, &mut rep.ceiling)
+            .await
+            .pop()
+        {
+            return Err(e);
+        }
     }
     write_outputs(&dir, &rep)?;
 
@@ -738,47 +790,64 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
     } else {
         (2048 * MIB, Duration::from_secs(10), Duration::from_secs(15))
     };
-    // 3. Strata's objects.
-    if !a.skip_strata && !a.skip_object {
-        println!("== Strata");
-        let bin = match &a.strata_bin {
-            Some(b) => b.clone(),
-            None => std::env::current_exe()?,
-        };
-        let r = async {
-            let mut peer = peers::start_strata(&bin, &work, 24 << 30).await?;
-            let pids = peer.guard.pids();
-            let r = run_steps("strata", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
-            peer.guard.stop();
-            r
+    // 3. Objects: Strata and OpenStack Swift side by side.
+    let object_settle = if a.quick {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(15)
+    };
+    if !a.skip_object && (!a.skip_strata || !a.skip_swift) {
+        println!("== objects: Strata and OpenStack Swift, side by side");
+        let mut targets = Vec::new();
+        let mut guards = Vec::new();
+        if !a.skip_strata {
+            let started = async {
+                let bin = match &a.strata_bin {
+                    Some(b) => b.clone(),
+                    None => std::env::current_exe()?,
+                };
+                peers::start_strata(&bin, &work, 24 << 30).await
+            }
+            .await;
+            match started {
+                Ok(mut peer) => {
+                    targets.push(ObjectTarget::new(
+                        "strata",
+                        peer.endpoint.clone(),
+                        peer.guard.pids(),
+                    ));
+                    guards.push(std::mem::take(&mut peer.guard));
+                }
+                Err(e) => note_failure(&mut rep, "Strata", &e),
+            }
         }
-        .await;
+        if !a.skip_swift {
+            match peers::start_swift(&work).await {
+                Ok(mut peer) => {
+                    targets.push(ObjectTarget::new(
+                        "swift",
+                        peer.endpoint.clone(),
+                        peer.guard.pids(),
+                    ));
+                    guards.push(std::mem::take(&mut peer.guard));
+                }
+                Err(e) => note_failure(&mut rep, "Swift", &e),
+            }
+        }
+        let failed = run_objects(&mut targets, &steps, object_settle, &mut rep.runs).await;
+        for (name, e) in failed {
+            let what = if name == "swift" { "Swift" } else { "Strata" };
+            note_failure(&mut rep, what, &e);
+        }
+        for mut g in guards {
+            g.stop();
+        }
         let _ = std::fs::remove_dir_all(work.join("strata/data"));
-        if let Err(e) = r {
-            note_failure(&mut rep, "Strata", &e);
-        }
-        write_outputs(&dir, &rep)?;
-    }
-
-    // 4. OpenStack Swift.
-    if !a.skip_swift && !a.skip_object {
-        println!("== OpenStack Swift");
-        let r = async {
-            let mut peer = peers::start_swift(&work).await?;
-            let pids = peer.guard.pids();
-            let r = run_steps("swift", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
-            peer.guard.stop();
-            r
-        }
-        .await;
         let srv = work.join("swift/srv/d1");
         if let Ok(entries) = std::fs::read_dir(&srv) {
             for e in entries.flatten() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
-        }
-        if let Err(e) = r {
-            note_failure(&mut rep, "Swift", &e);
         }
         write_outputs(&dir, &rep)?;
     }
@@ -796,8 +865,13 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
                 println!("Ceph: up in {:.0} s", t.elapsed().as_secs_f64());
                 let pids = peer.guard.pids();
                 if !a.skip_object {
-                    let r = run_steps("ceph", &peer.endpoint, &steps, &pids, &mut rep.runs).await;
-                    if let Err(e) = r {
+                    let mut ceph = [ObjectTarget::new(
+                        "ceph",
+                        peer.endpoint.clone(),
+                        pids.clone(),
+                    )];
+                    let failed = run_objects(&mut ceph, &steps, object_settle, &mut rep.runs).await;
+                    for (_, e) in failed {
                         note_failure(&mut rep, "Ceph (radosgw)", &e);
                     }
                     write_outputs(&dir, &rep)?;

@@ -89,6 +89,10 @@ pub struct RunResult {
     pub client_cpu_ms_per_op: f64,
     /// The 1-minute load average at the end of the run.
     pub load_1m: f64,
+    /// Seconds the server took after the run to go idle before the next run started (the
+    /// suite's side-by-side plan; 0 for a single run).
+    #[serde(default)]
+    pub settle_s: f64,
     /// The first few distinct error messages with their counts.
     pub error_kinds: BTreeMap<String, u64>,
 }
@@ -271,6 +275,7 @@ pub async fn run(
             0.0
         },
         load_1m: procstat::loadavg_1m(),
+        settle_s: 0.0,
         error_kinds,
     };
     Ok((result, names))

@@ -437,6 +437,17 @@ impl Report {
             "## Strata vs Swift{} vs raw disk\n",
             if ceph { " vs Ceph" } else { "" }
         );
+        let _ = writeln!(
+            s,
+            "Strata and Swift run side by side: each step runs on one, then the other, before the next \
+             step starts; after each run the server settles (its CPU goes idle, within a bound) and what \
+             it spends settling is charged to that run.{}\n",
+            if ceph {
+                " Ceph runs the same steps in a stage of its own, after them."
+            } else {
+                ""
+            }
+        );
         let mut head = String::from("| workload | unit | Strata | Swift | Strata/Swift |");
         if ceph {
             head.push_str(" Ceph | Strata/Ceph |");
@@ -594,16 +605,16 @@ impl Report {
         let _ = writeln!(s, "\n## All runs\n");
         let _ = writeln!(
             s,
-            "| target | workload | s | ops | errors | ops/s | MiB/s | p50 | p99 | p99.9 | max ms | server CPU ms/op | client CPU ms/op | load 1m |"
+            "| target | workload | s | ops | errors | ops/s | MiB/s | p50 | p99 | p99.9 | max ms | server CPU ms/op | client CPU ms/op | load 1m | settle s |"
         );
         let _ = writeln!(
             s,
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for r in self.runs.iter().chain(&self.ceiling) {
             let _ = writeln!(
                 s,
-                "| {} | {} c{} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} c{} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.target,
                 object_label(r.op, r.size),
                 r.concurrency,
@@ -619,6 +630,7 @@ impl Report {
                 opt(r.server_cpu_ms_per_op),
                 fmt_num(r.client_cpu_ms_per_op),
                 fmt_num(r.load_1m),
+                fmt_num(r.settle_s),
             );
             for (k, v) in &r.error_kinds {
                 let _ = writeln!(
@@ -965,6 +977,7 @@ mod tests {
             server_cpu_ms_per_op: Some(cpu),
             client_cpu_ms_per_op: 0.1,
             load_1m: 1.5,
+            settle_s: 0.0,
             error_kinds: BTreeMap::new(),
         }
     }
