@@ -213,11 +213,12 @@ pub fn raw_disk_job(j: &BlockJob) -> bool {
     j.rw != "randwrite"
 }
 
-/// A server is idle when it used at most one clock tick of CPU over this window.
-const IDLE_WINDOW: Duration = Duration::from_millis(200);
+/// A server is idle when it used at most one clock tick of CPU over this window (a tenth of
+/// a core at 100 ticks a second).
+const IDLE_WINDOW: Duration = Duration::from_millis(100);
 
-/// Waits until the processes' CPU use over [`IDLE_WINDOW`] is at most one clock tick
-/// (5% of a core), at most `max`; returns how long it waited.
+/// Waits until the processes' CPU use over [`IDLE_WINDOW`] is at most one clock tick, at
+/// most `max`; returns how long it waited.
 pub fn settle(pids: &[u32], max: Duration) -> Duration {
     let t = Instant::now();
     if pids.is_empty() {

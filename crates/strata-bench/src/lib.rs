@@ -326,7 +326,7 @@ pub struct Step {
 /// the write of its size, and reads the objects written so far.
 pub fn plan(quick: bool) -> Vec<Step> {
     let (small, mid, big) = if quick {
-        (4.0, 3.0, 4.0)
+        (3.0, 3.0, 4.0)
     } else {
         (15.0, 10.0, 10.0)
     };
@@ -758,7 +758,7 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
     if !a.skip_fio {
         println!("== raw disk (fio)");
         let (size, secs) = if a.quick {
-            (1u64 << 30, 4)
+            (1u64 << 30, 3)
         } else {
             (4u64 << 30, 15)
         };
