@@ -207,31 +207,42 @@ pub fn every_job(_: &BlockJob) -> bool {
     true
 }
 
-/// What the raw disk is measured with: the reads and the sequential write (random writes
-/// to a file go straight to the disk, where the NBD servers' caches differ).
+/// What the raw disk is measured with: the reads at QD8 and QD32 and the sequential write
+/// (random writes to a file go straight to the disk, where the NBD servers' caches differ).
 pub fn raw_disk_job(j: &BlockJob) -> bool {
-    j.rw != "randwrite"
+    j.rw != "randwrite" && j.iodepth > 1
 }
 
-/// A server is idle when it used at most one clock tick of CPU over this window (a tenth of
-/// a core at 100 ticks a second).
-const IDLE_WINDOW: Duration = Duration::from_millis(100);
+/// A server is quiet over a window in which it used at most one clock tick of CPU (a tenth
+/// of a core at 100 ticks a second)...
+const QUIET_WINDOW: Duration = Duration::from_millis(100);
+/// ...and idle after this many quiet windows in a row: work a server starts by itself
+/// within about 200 ms of going quiet (writing back a cache, straightening what random
+/// writes scattered) is waited for.
+const QUIET_WINDOWS: u32 = 3;
 
-/// Waits until the processes' CPU use over [`IDLE_WINDOW`] is at most one clock tick, at
-/// most `max`; returns how long it waited.
+/// Waits until the processes are idle (see [`QUIET_WINDOWS`]), at most `max`; returns how
+/// long it waited.
 pub fn settle(pids: &[u32], max: Duration) -> Duration {
     let t = Instant::now();
     if pids.is_empty() {
         return Duration::ZERO;
     }
     let tick = 1.0 / procstat::ticks_per_second();
+    let mut quiet = 0;
+    let mut a = CpuSample::take(pids);
     loop {
-        let a = CpuSample::take(pids);
-        std::thread::sleep(IDLE_WINDOW);
+        std::thread::sleep(QUIET_WINDOW);
         let b = CpuSample::take(pids);
-        if a.seconds_until(&b) <= tick + 1e-9 || t.elapsed() >= max {
+        if a.seconds_until(&b) <= tick + 1e-9 {
+            quiet += 1;
+        } else {
+            quiet = 0;
+        }
+        if quiet >= QUIET_WINDOWS || t.elapsed() >= max {
             return t.elapsed();
         }
+        a = b;
     }
 }
 
@@ -443,6 +454,7 @@ mod tests {
             .collect();
         assert!(raw.contains(&"seqwrite-1m-qd8"));
         assert!(raw.contains(&"randread-4k-qd32"));
+        assert!(!raw.contains(&"randread-4k-qd1"));
         assert!(raw.iter().all(|n| !n.starts_with("randwrite")));
         assert_eq!(jobs().into_iter().filter(every_job).count(), jobs().len());
     }
@@ -454,6 +466,7 @@ mod tests {
         let waited = settle(&[sleeper.id()], Duration::from_secs(5));
         let _ = sleeper.kill();
         let _ = sleeper.wait();
+        assert!(waited >= QUIET_WINDOW * QUIET_WINDOWS, "{waited:?}");
         assert!(waited < Duration::from_secs(2), "{waited:?}");
     }
 

@@ -345,7 +345,7 @@ impl Report {
              region as the prefill wrote it, `seqread-1m-qd8` after the random writes rewrote much of it, \
              `seqread-1m-qd8-reread` once more after that (Strata rewrites scattered ranges side by side when a read finds them, \
              and once the volume is idle: within the settle after a random-write job). \
-             raw disk: fio's `io_uring` engine with O_DIRECT on a file of the region's size, the read jobs and the \
+             raw disk: fio's `io_uring` engine with O_DIRECT on a file of the region's size, the read jobs at QD8 and QD32 and the \
              sequential write. The targets run side by side: each job runs on every target in turn before the next \
              job starts, and a server settles (its CPU goes idle, within a bound) before the next run; what it spends \
              settling is charged to its job, and `Strata settle s` says how long that took.{}\n",
