@@ -207,6 +207,12 @@ pub fn every_job(_: &BlockJob) -> bool {
     true
 }
 
+/// What the null device runs: every job but the second and third sequential reads, which
+/// on a device that stores nothing are the first one again.
+pub fn null_job(j: &BlockJob) -> bool {
+    !matches!(j.name, "seqread-1m-qd8" | "seqread-1m-qd8-reread")
+}
+
 /// What the raw disk is measured with: the reads at QD8 and QD32 and the sequential write
 /// (random writes to a file go straight to the disk, where the NBD servers' caches differ).
 pub fn raw_disk_job(j: &BlockJob) -> bool {
@@ -457,6 +463,13 @@ mod tests {
         assert!(!raw.contains(&"randread-4k-qd1"));
         assert!(raw.iter().all(|n| !n.starts_with("randwrite")));
         assert_eq!(jobs().into_iter().filter(every_job).count(), jobs().len());
+        let null: Vec<&str> = jobs()
+            .into_iter()
+            .filter(null_job)
+            .map(|j| j.name)
+            .collect();
+        assert_eq!(null.len(), jobs().len() - 2);
+        assert!(null.contains(&"seqread-1m-qd8-fresh") && !null.contains(&"seqread-1m-qd8"));
     }
 
     #[test]

@@ -341,7 +341,7 @@ impl Report {
             s,
             "Strata: one replica; writes are acknowledged from the node's write-back cache and a FLUSH makes them durable. \
              qemu-nbd: raw file, `--cache=none --aio=io_uring` (writes reach the disk's cache; only a FLUSH makes them durable). \
-             null: qemu-nbd over `null-co` (stores nothing). Jobs run in the order listed: `seqread-1m-qd8-fresh` reads the \
+             null: qemu-nbd over `null-co` (stores nothing; it skips the second and third sequential reads, which would repeat the first). Jobs run in the order listed: `seqread-1m-qd8-fresh` reads the \
              region as the prefill wrote it, `seqread-1m-qd8` after the random writes rewrote much of it, \
              `seqread-1m-qd8-reread` once more after that (Strata rewrites scattered ranges side by side when a read finds them, \
              and once the volume is idle: within the settle after a random-write job). \
