@@ -123,6 +123,7 @@ impl DataPlane {
                     io_backend: u.io_backend.to_string(),
                     relocated_bytes: d.commit_stats().relocated_blocks
                         * strata_disk::BLOCK_BYTES as u64,
+                    straighten_pending_bytes: d.straighten_pending_bytes(),
                 }
             })
             .collect();

@@ -152,6 +152,11 @@ fn runs(entries: &BTreeMap<u64, BlockEntry>) -> usize {
 }
 
 impl Disk {
+    /// Bytes of volume spans written in part that idle straightening has yet to look at.
+    pub fn straighten_pending_bytes(&self) -> u64 {
+        self.straighten.pending() as u64 * crate::straighten::SPAN_BLOCKS * BLOCK as u64
+    }
+
     /// Could a relocation start now?
     pub(crate) fn relocation_slot_free(&self) -> bool {
         self.stamps.in_flight.load(Ordering::SeqCst) < IN_FLIGHT_MAX

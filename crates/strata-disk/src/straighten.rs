@@ -115,8 +115,7 @@ impl Straighten {
     }
 
     /// Spans waiting to be looked at.
-    #[cfg(test)]
-    fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())

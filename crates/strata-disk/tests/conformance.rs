@@ -834,12 +834,18 @@ async fn idle_disks_straighten_what_writes_scattered(b: Backend) {
         runs(&disk, 0, 256) > 100,
         "the shuffled writes are scattered"
     );
+    assert_eq!(
+        disk.straighten_pending_bytes(),
+        2 * MIB,
+        "the shuffled span and the sparse one are remembered, not the one written whole"
+    );
     // While the disk serves volume I/O, it does not straighten.
     let busy_until = std::time::Instant::now() + std::time::Duration::from_millis(600);
     while std::time::Instant::now() < busy_until {
         disk.read_blocks(5, 300, 1).await.unwrap();
     }
     assert_eq!(disk.commit_stats().relocated_blocks, 0);
+    assert_eq!(disk.straighten_pending_bytes(), 2 * MIB);
     // Idle, it does, without a read from anyone.
     wait_relocated(&disk, 256).await;
     assert_eq!(runs(&disk, 0, 256), 1, "the range now lies in one run");
@@ -848,6 +854,11 @@ async fn idle_disks_straighten_what_writes_scattered(b: Backend) {
         disk.commit_stats().relocated_blocks,
         256,
         "the range written whole and the sparse one are left alone"
+    );
+    assert_eq!(
+        disk.straighten_pending_bytes(),
+        0,
+        "both spans were looked at"
     );
     let expect: Vec<u8> = (0..512).flat_map(|b| vblock(b, 1)).collect();
     for first in [0, 256] {

@@ -56,6 +56,7 @@ impl AdminService {
                                 "id": d.disk_id, "path": d.path, "capacity_bytes": d.capacity_bytes,
                                 "used_bytes": d.used_bytes, "chunks": d.chunks, "io_backend": d.io_backend,
                                 "relocated_bytes": d.relocated_bytes,
+                                "straighten_pending_bytes": d.straighten_pending_bytes,
                             })
                         })
                         .collect();
@@ -169,12 +170,13 @@ pub async fn print_status(addr: &str, raw: bool) -> anyhow::Result<()> {
             let used = d["used_bytes"].as_u64().unwrap_or(0);
             let cap = d["capacity_bytes"].as_u64().unwrap_or(0);
             println!(
-                "    disk {}  {} / {}  chunks {}  relocated {}  {}  {}",
+                "    disk {}  {} / {}  chunks {}  relocated {} (up to {} to straighten)  {}  {}",
                 d["id"],
                 human_bytes(used),
                 human_bytes(cap),
                 d["chunks"],
                 human_bytes(d["relocated_bytes"].as_u64().unwrap_or(0)),
+                human_bytes(d["straighten_pending_bytes"].as_u64().unwrap_or(0)),
                 d["io_backend"].as_str().unwrap_or("?"),
                 d["path"].as_str().unwrap_or("?")
             );
