@@ -110,6 +110,16 @@ pub struct SuiteArgs {
     pub with_ceph: bool,
 }
 
+impl SuiteArgs {
+    /// The strata binary to measure: `--strata-bin`, or this one.
+    fn strata_binary(&self) -> Result<PathBuf> {
+        match &self.strata_bin {
+            Some(b) => Ok(b.clone()),
+            None => Ok(std::env::current_exe()?),
+        }
+    }
+}
+
 /// One workload against a given endpoint.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
@@ -639,10 +649,7 @@ async fn block_stage(
     let mut guards = Vec::new();
     if !a.skip_strata {
         let r = async {
-            let bin = match &a.strata_bin {
-                Some(b) => b.clone(),
-                None => std::env::current_exe()?,
-            };
+            let bin = a.strata_binary()?;
             // A fresh node for the volume alone: room for the region, what random writes
             // and relocations hold until they are synced, and a free margin.
             let capacity = (region * 8).max(8 << 30);
@@ -806,39 +813,19 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
         println!("== objects: Strata and OpenStack Swift, side by side");
         let mut targets = Vec::new();
         let mut guards = Vec::new();
+        let mut adopt = |name, what, started: Result<peers::Peer>, rep: &mut Report| match started {
+            Ok(mut peer) => {
+                targets.push(ObjectTarget::new(name, peer.endpoint, peer.guard.pids()));
+                guards.push(std::mem::take(&mut peer.guard));
+            }
+            Err(e) => note_failure(rep, what, &e),
+        };
         if !a.skip_strata {
-            let started = async {
-                let bin = match &a.strata_bin {
-                    Some(b) => b.clone(),
-                    None => std::env::current_exe()?,
-                };
-                peers::start_strata(&bin, &work, 24 << 30).await
-            }
-            .await;
-            match started {
-                Ok(mut peer) => {
-                    targets.push(ObjectTarget::new(
-                        "strata",
-                        peer.endpoint.clone(),
-                        peer.guard.pids(),
-                    ));
-                    guards.push(std::mem::take(&mut peer.guard));
-                }
-                Err(e) => note_failure(&mut rep, "Strata", &e),
-            }
+            let started = async { peers::start_strata(&a.strata_binary()?, &work, 24 << 30).await };
+            adopt("strata", "Strata", started.await, &mut rep);
         }
         if !a.skip_swift {
-            match peers::start_swift(&work).await {
-                Ok(mut peer) => {
-                    targets.push(ObjectTarget::new(
-                        "swift",
-                        peer.endpoint.clone(),
-                        peer.guard.pids(),
-                    ));
-                    guards.push(std::mem::take(&mut peer.guard));
-                }
-                Err(e) => note_failure(&mut rep, "Swift", &e),
-            }
+            adopt("swift", "Swift", peers::start_swift(&work).await, &mut rep);
         }
         let failed = run_objects(&mut targets, &steps, object_settle, &mut rep.runs).await;
         for (name, e) in failed {
