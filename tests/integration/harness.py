@@ -59,15 +59,16 @@ def require_loopback(host: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 _ports_lock = threading.Lock()
-_ports_handed_out: set[tuple[str, int]] = set()
+_ports_handed_out: set[int] = set()
 
 
 def free_ports(host: str, count: int) -> list[int]:
     """Returns `count` distinct TCP ports that are free on `host`.
 
     Each port comes from binding port 0 on `host`. All sockets of one call stay open until the
-    call ends, so the kernel cannot return the same port twice within it, and ports handed out
-    earlier in this session are skipped, so two nodes never share one.
+    call ends, so the kernel cannot return the same port twice within it, and port numbers
+    handed out earlier in this session, on any host, are skipped, so no two nodes share a
+    number even when they listen on different loopback addresses.
     """
     require_loopback(host)
     with _ports_lock:
@@ -79,12 +80,12 @@ def free_ports(host: str, count: int) -> list[int]:
                 socks.append(s)
                 s.bind((host, 0))
                 port = s.getsockname()[1]
-                if (host, port) not in _ports_handed_out:
+                if port not in _ports_handed_out:
                     ports.append(port)
         finally:
             for s in socks:
                 s.close()
-        _ports_handed_out.update((host, p) for p in ports)
+        _ports_handed_out.update(ports)
         return ports
 
 
