@@ -11,6 +11,8 @@
 # Everything listens on 127.0.0.1 only. Ports (override through the environment):
 #   SWIFT_PROXY_PORT=18081 SWIFT_OBJECT_PORT=16010 SWIFT_CONTAINER_PORT=16011
 #   SWIFT_ACCOUNT_PORT=16012 SWIFT_MEMCACHED_PORT=21211
+# Replicas: SWIFT_REPLICAS=1 (devices d1..dN under DIR/swift/srv, one per replica, in
+# every ring, so each replica of an object, container or account lands on its own device)
 # TempAuth: user bench:bench, key benchkey -> http://127.0.0.1:18081/auth/v1.0
 #
 # Facts this relies on: a plain ext4 directory works as the device with
@@ -56,6 +58,8 @@ ACCOUNT_PORT=${SWIFT_ACCOUNT_PORT:-16012}
 MEMCACHED_PORT=${SWIFT_MEMCACHED_PORT:-21211}
 PROXY_WORKERS=${SWIFT_PROXY_WORKERS:-2}
 OBJECT_WORKERS=${SWIFT_OBJECT_WORKERS:-2}
+REPLICAS=${SWIFT_REPLICAS:-1}
+case $REPLICAS in [1-9]) ;; *) echo "bench-peers: SWIFT_REPLICAS must be 1-9" >&2; exit 2 ;; esac
 PACKAGES=(swift swift-proxy swift-object swift-account swift-container memcached
           python3-swiftclient fio)
 
@@ -111,7 +115,9 @@ cmd_setup() {
     mkdir -p "$dir/swift"
     dir=$(cd "$dir" && pwd)
     ETC=$dir/swift/etc SRV=$dir/swift/srv
-    mkdir -p "$ETC" "$SRV/d1" "$dir/swift/run" "$dir/swift/log"
+    local n
+    mkdir -p "$ETC" "$dir/swift/run" "$dir/swift/log"
+    for n in $(seq 1 "$REPLICAS"); do mkdir -p "$SRV/d$n"; done
     # The servers drop to user swift: it must reach and own the device.
     chown -R swift:swift "$SRV" "$dir/swift/run"
     chmod o+x "$dir" "$dir/swift" 2>/dev/null || true
@@ -175,9 +181,9 @@ use = egg:swift#copy
 use = egg:swift#dlo
 EOF
 
-    # Rings: one device, one replica, 2^8 partitions. Rebuilt only when missing or
-    # when a port changed.
-    local stamp="$PROXY_PORT $OBJECT_PORT $CONTAINER_PORT $ACCOUNT_PORT"
+    # Rings: one device per replica, 2^8 partitions. Rebuilt only when missing or when a
+    # port or the replica count changed.
+    local stamp="$PROXY_PORT $OBJECT_PORT $CONTAINER_PORT $ACCOUNT_PORT r$REPLICAS"
     if [ "$(cat "$ETC/ring-ports" 2>/dev/null)" != "$stamp" ]; then
         rm -f "$ETC"/*.builder "$ETC"/*.ring.gz
         local kind port
@@ -187,8 +193,11 @@ EOF
                 container) port=$CONTAINER_PORT ;;
                 account) port=$ACCOUNT_PORT ;;
             esac
-            swift-ring-builder "$ETC/$kind.builder" create 8 1 1 >/dev/null
-            swift-ring-builder "$ETC/$kind.builder" add "r1z1-127.0.0.1:$port/d1" 100 >/dev/null
+            swift-ring-builder "$ETC/$kind.builder" create 8 "$REPLICAS" 1 >/dev/null
+            for n in $(seq 1 "$REPLICAS"); do
+                swift-ring-builder "$ETC/$kind.builder" add "r1z1-127.0.0.1:$port/d$n" 100 \
+                    >/dev/null
+            done
             # Exit code 1 is a warning (for instance about balance with one device).
             swift-ring-builder "$ETC/$kind.builder" rebalance >/dev/null || [ $? -eq 1 ]
         done

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness import Cluster, Node
+from harness import Cluster, ClusterSettings, Node
 
 # Nothing in these tests may go through a proxy: scrub the settings before any client runs.
 harness.scrub_proxy_env(os.environ)
@@ -142,6 +142,24 @@ def small_disk_node(request, strata_bin, admin_password, tmp_path):
             bind="127.0.0.1",
             password=admin_password,
             disk_bytes=64 * 1024 * 1024,
+        )
+    )
+
+
+@pytest.fixture
+def three_disk_node(request, strata_bin, admin_password, tmp_path):
+    """One node alone with three disks of 256 MiB and three replicas (write quorum 2): every
+    replica on its own disk."""
+    yield from _running_node(
+        Node(
+            binary=strata_bin,
+            workdir=tmp_path / "three-disk",
+            node_id=1,
+            bind="127.0.0.1",
+            password=admin_password,
+            cluster=ClusterSettings(replicas=3, write_quorum=2),
+            disk_bytes=256 * 1024 * 1024,
+            disks=3,
         )
     )
 

@@ -140,8 +140,10 @@ def render_config(
     ports: Ports,
     cluster: ClusterSettings,
     disk_bytes: int = DISK_BYTES,
+    disks: int = 1,
 ) -> str:
-    """The TOML config of one node (keys as `strata serve --config` reads them)."""
+    """The TOML config of one node (keys as `strata serve --config` reads them): `disks`
+    disks (`disk0`, `disk1`, ...) of `disk_bytes` each."""
     lines = [
         f"node-id = {node_id}",
         f"zone = {_toml_str(zone)}",
@@ -157,10 +159,10 @@ def render_config(
         f"compute = {ports.compute}",
         f"glance = {ports.glance}",
         "",
-        "[[disks]]",
-        'path = "disk0"',
-        f"capacity-bytes = {disk_bytes}",
-        "",
+    ]
+    for d in range(disks):
+        lines += ["[[disks]]", f'path = "disk{d}"', f"capacity-bytes = {disk_bytes}", ""]
+    lines += [
         "[cluster]",
         f"replicas = {cluster.replicas}",
         f"write-quorum = {cluster.write_quorum}",
@@ -224,6 +226,7 @@ class Node:
         ports: Ports | None = None,
         cluster: ClusterSettings = ClusterSettings(),
         disk_bytes: int = DISK_BYTES,
+        disks: int = 1,
     ):
         require_loopback(bind)
         self.binary = Path(binary)
@@ -248,6 +251,7 @@ class Node:
                 ports=self.ports,
                 cluster=cluster,
                 disk_bytes=disk_bytes,
+                disks=disks,
             )
         )
         with _all_nodes_lock:

@@ -3,8 +3,10 @@ running cluster is caught on read, and the object is served from a healthy repli
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import time
 
 from harness import MiB, Cluster, ObjSpec
 
@@ -56,3 +58,45 @@ def test_corrupt_replica_is_detected_and_bypassed(cluster: Cluster):
         assert spec.mismatch(body) is None, f"{name}: {spec.mismatch(body)}"
     conn.close()
     assert b"corrupt" in n1.log_path.read_bytes().lower(), "no corruption was reported in the log"
+
+
+def node_disks(node) -> list[dict]:
+    """The disks of a node alone, as `strata admin status --json` reports them."""
+    status = json.loads(node.admin("status", "--json"))
+    [me] = [n for n in status["nodes"] if n["id"] == node.node_id]
+    return me["disks"]
+
+
+def test_a_node_alone_keeps_a_replica_on_each_of_its_disks(three_disk_node):
+    """Three replicas on one node with three disks: every chunk lands on every disk (the
+    third copy may finish after the write quorum answered), and an object whose copies on
+    two disks are damaged is still served intact from the third."""
+    node = three_disk_node
+    conn = node.connection()
+    conn.put_container(CONTAINER)
+    rng = random.Random(11)
+    objects: dict[str, ObjSpec] = {}
+    for i in range(30):
+        size = rng.choice([1, 4096, 65536, MiB + 5, 2 * MiB + 3])
+        spec, data = ObjSpec.make(seed=7_000 + i, size=size)
+        assert conn.put_object(CONTAINER, f"r{i:02d}", data) == spec.md5
+        objects[f"r{i:02d}"] = spec
+
+    deadline = time.monotonic() + 60
+    while True:
+        chunks = [d["chunks"] for d in node_disks(node)]
+        if len(chunks) == 3 and len(set(chunks)) == 1 and chunks[0] >= len(objects):
+            break
+        assert time.monotonic() < deadline, f"chunks per disk never matched: {chunks}"
+        time.sleep(0.5)
+
+    used = sum(-(-s.size // 4096) * 4096 for s in objects.values())
+    for disk in ("disk0", "disk1"):
+        flipped = damage(node.data_dir / disk / "chunks.dat", used, rng, count=600)
+        assert flipped > 100
+    for name, spec in objects.items():
+        _, body = conn.get_object(CONTAINER, name)
+        assert spec.mismatch(body) is None, f"{name}: {spec.mismatch(body)}"
+    conn.close()
+    # The reads met the damage (a replica's checksum failed) and went on to another disk.
+    assert b"corrupt" in node.log_path.read_bytes().lower(), "no damaged copy was read"

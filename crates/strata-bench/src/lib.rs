@@ -108,6 +108,11 @@ pub struct SuiteArgs {
     /// plan) is removed at the end.
     #[arg(long)]
     pub with_ceph: bool,
+    /// Replicas of every object, for Strata and Swift alike: each replica gets its own data
+    /// file (Strata) or device (Swift) on the work directory's disk, and the raw-disk target
+    /// of large PUTs is divided by it. The block stage always measures one replica.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub replicas: u32,
 }
 
 impl SuiteArgs {
@@ -653,7 +658,7 @@ async fn block_stage(
             // A fresh node for the volume alone: room for the region, what random writes
             // and relocations hold until they are synced, and a free margin.
             let capacity = (region * 8).max(8 << 30);
-            let peer = peers::start_strata(&bin, work, capacity).await?;
+            let peer = peers::start_strata(&bin, work, capacity, 1).await?;
             let dev = strata_volume(&bin, &peer, region);
             Ok::<_, anyhow::Error>((peer, dev))
         }
@@ -744,7 +749,7 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
         started,
         quick: a.quick,
         machine: machine(&work),
-        replicas: 1,
+        replicas: a.replicas,
         ..Default::default()
     };
     println!("strata bench: results in {}", dir.display());
@@ -821,11 +826,16 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
             Err(e) => note_failure(rep, what, &e),
         };
         if !a.skip_strata {
-            let started = async { peers::start_strata(&a.strata_binary()?, &work, 24 << 30).await };
+            // Each disk holds a replica of everything the plan writes (up to 14 GiB).
+            let per_disk = if a.replicas == 1 { 24 << 30 } else { 16 << 30 };
+            let started = async {
+                peers::start_strata(&a.strata_binary()?, &work, per_disk, a.replicas).await
+            };
             adopt("strata", "Strata", started.await, &mut rep);
         }
         if !a.skip_swift {
-            adopt("swift", "Swift", peers::start_swift(&work).await, &mut rep);
+            let started = peers::start_swift(&work, a.replicas).await;
+            adopt("swift", "Swift", started, &mut rep);
         }
         let failed = run_objects(&mut targets, &steps, object_settle, &mut rep.runs).await;
         for (name, e) in failed {
@@ -836,12 +846,7 @@ pub async fn run_suite(a: SuiteArgs) -> Result<PathBuf> {
             g.stop();
         }
         let _ = std::fs::remove_dir_all(work.join("strata/data"));
-        let srv = work.join("swift/srv/d1");
-        if let Ok(entries) = std::fs::read_dir(&srv) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
+        peers::clear_swift_devices(&work);
         write_outputs(&dir, &rep)?;
     }
 

@@ -115,14 +115,25 @@ pub fn free_port() -> Result<u16> {
 /// Ports of a bench node: keystone, swift, rpc, nbd, cinder, compute, glance.
 pub type StrataPorts = [u16; 7];
 
-/// The `strata serve --config` file of a one-node, one-replica bench node.
-pub fn strata_config(data_dir: &Path, ports: StrataPorts, capacity_bytes: u64) -> String {
+/// The `strata serve --config` file of a one-node bench node with `replicas` disks of
+/// `capacity_bytes` each (`disk0`, `disk1`, ...) and as many replicas: placement never puts
+/// two replicas on one disk, so every replica is written to its own data file.
+pub fn strata_config(
+    data_dir: &Path,
+    ports: StrataPorts,
+    capacity_bytes: u64,
+    replicas: u32,
+) -> String {
     let [keystone, swift, rpc, nbd, cinder, compute, glance] = ports;
     let dir = data_dir
         .display()
         .to_string()
         .replace('\\', "\\\\")
         .replace('"', "\\\"");
+    let replicas = replicas.max(1);
+    let disks: String = (0..replicas)
+        .map(|i| format!("[[disks]]\npath = \"disk{i}\"\ncapacity-bytes = {capacity_bytes}\n\n"))
+        .collect();
     format!(
         "node-id = 1\n\
          zone = \"zone1\"\n\
@@ -138,14 +149,12 @@ pub fn strata_config(data_dir: &Path, ports: StrataPorts, capacity_bytes: u64) -
          compute = {compute}\n\
          glance = {glance}\n\
          \n\
-         [[disks]]\n\
-         path = \"disk0\"\n\
-         capacity-bytes = {capacity_bytes}\n\
-         \n\
+         {disks}\
          [cluster]\n\
-         replicas = 1\n\
-         write-quorum = 1\n\
-         part-power = 8\n"
+         replicas = {replicas}\n\
+         write-quorum = {quorum}\n\
+         part-power = 8\n",
+        quorum = replicas / 2 + 1,
     )
 }
 
@@ -186,20 +195,27 @@ fn free_bytes(path: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// Starts `strata serve` with a fresh data dir under `work`.
-pub async fn start_strata(bin: &Path, work: &Path, capacity_bytes: u64) -> Result<Peer> {
+/// Starts `strata serve` with a fresh data dir under `work`: `replicas` disks of
+/// `capacity_bytes` each, as many replicas.
+pub async fn start_strata(
+    bin: &Path,
+    work: &Path,
+    capacity_bytes: u64,
+    replicas: u32,
+) -> Result<Peer> {
     let dir = work.join("strata");
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
-    // The node preallocates its whole data file at start; say so plainly when it cannot.
+    // The node preallocates its whole data files at start; say so plainly when it cannot.
+    let total = capacity_bytes * u64::from(replicas.max(1));
     if let Some(free) = free_bytes(&dir) {
-        if free < capacity_bytes + (1 << 30) {
+        if free < total + (1 << 30) {
             anyhow::bail!(
-                "Strata's data file is preallocated at {} GiB and {} has {} GiB free: \
+                "Strata's data files are preallocated at {} GiB and {} has {} GiB free: \
                  free some space or point --work-dir at another filesystem",
-                capacity_bytes >> 30,
+                total >> 30,
                 dir.display(),
                 free >> 30
             );
@@ -212,7 +228,7 @@ pub async fn start_strata(bin: &Path, work: &Path, capacity_bytes: u64) -> Resul
     let config = dir.join("node.toml");
     std::fs::write(
         &config,
-        strata_config(&dir.join("data"), ports, capacity_bytes),
+        strata_config(&dir.join("data"), ports, capacity_bytes, replicas),
     )?;
     let password = format!("bench-{:016x}", rand::random::<u64>());
     let log = std::fs::File::create(dir.join("strata.log"))?;
@@ -317,23 +333,36 @@ fn started_pids(stdout: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Installs (if missing), sets up and starts Swift under `work/swift`.
-pub async fn start_swift(work: &Path) -> Result<Peer> {
+/// Empties Swift's devices under `work/swift/srv`, keeping the directories.
+pub fn clear_swift_devices(work: &Path) {
+    let Ok(devices) = std::fs::read_dir(work.join("swift/srv")) else {
+        return;
+    };
+    for dev in devices.flatten() {
+        for e in std::fs::read_dir(dev.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Installs (if missing), sets up and starts Swift under `work/swift` with `replicas`
+/// replicas, each on its own device.
+pub async fn start_swift(work: &Path, replicas: u32) -> Result<Peer> {
     let script = write_script(work)?;
-    let run = |args: &[&str]| run_script(&script, args, &[]);
+    let env = [("SWIFT_REPLICAS", replicas.max(1).to_string())];
+    let run = |args: &[&str]| run_script(&script, args, &env);
     let work_s = work.display().to_string();
     run(&["install"])?;
     run(&["setup", &work_s])?;
     // Old objects would make the comparison unfair (bigger containers, fuller disk).
-    let srv = work.join("swift/srv/d1");
-    if srv.exists() {
-        for e in std::fs::read_dir(&srv)?.flatten() {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
+    clear_swift_devices(work);
     let mut guard = ProcGuard::default();
     // The PIDs are recorded even if start fails half way, so they are stopped.
-    start_script(&script, &["start", &work_s], &[], &mut guard).context("starting Swift")?;
+    start_script(&script, &["start", &work_s], &env, &mut guard).context("starting Swift")?;
     let auth = format!("http://127.0.0.1:{SWIFT_PROXY_PORT}/auth/v1.0");
     let endpoint = wait_auth(
         &auth,
@@ -464,6 +493,7 @@ mod tests {
             Path::new("/tmp/b/data"),
             [15000, 18080, 17400, 10900, 18776, 18774, 19292],
             1 << 30,
+            1,
         );
         for want in [
             "node-id = 1",
@@ -475,12 +505,29 @@ mod tests {
         ] {
             assert!(c.contains(want), "missing {want:?} in\n{c}");
         }
+        assert!(!c.contains("disk1"), "{c}");
+    }
+
+    #[test]
+    fn strata_config_gives_each_replica_a_disk() {
+        let c = strata_config(Path::new("/tmp/b/data"), [1; 7], 1 << 30, 3);
+        for want in [
+            "[[disks]]\npath = \"disk0\"\ncapacity-bytes = 1073741824",
+            "[[disks]]\npath = \"disk1\"\ncapacity-bytes = 1073741824",
+            "[[disks]]\npath = \"disk2\"\ncapacity-bytes = 1073741824",
+            "[cluster]\nreplicas = 3\nwrite-quorum = 2",
+        ] {
+            assert!(c.contains(want), "missing {want:?} in\n{c}");
+        }
+        assert!(!c.contains("disk3"), "{c}");
     }
 
     #[test]
     fn script_is_embedded() {
         assert!(PEERS_SCRIPT.contains("swift-ring-builder"));
         assert!(PEERS_SCRIPT.contains("mount_check = false"));
+        // One ring device per replica.
+        assert!(PEERS_SCRIPT.contains("create 8 \"$REPLICAS\" 1"));
     }
 
     #[test]

@@ -529,9 +529,11 @@ impl Report {
         let _ = writeln!(
             s,
             "Machine: {} cores, {:.1} GiB RAM, kernel {}, work dir on {}, load average {:.2} at start. \
-             Strata: one node, {} replica(s), its default read cache (512 MiB per disk of recently \
+             Strata: one node, {r} replica(s) on as many disks (data files on the work dir's disk), \
+             its default read cache (512 MiB per disk of recently \
              read chunks; reads of a larger working set go to the disk). \
-             Swift: Debian packages, one device, 1 replica (its object server drops the page cache \
+             Swift: Debian packages, {r} replica(s) on as many devices (directories on the same disk), \
+             write quorum a majority as Strata's (its object server drops the page cache \
              behind authenticated reads, `keep_cache_private = false` by default).{} Small objects in ops/s, large ones in MiB/s; \
              CPU is server CPU (all processes of the server) per operation.\n",
             m.cores,
@@ -539,13 +541,13 @@ impl Report {
             m.kernel,
             m.filesystem_of_work_dir,
             m.load_1m_at_start,
-            self.replicas,
             if self.has_ceph() {
                 " Ceph: Debian packages, one mon, one mgr, one BlueStore OSD on a file, pools of size 1, \
                  radosgw's Swift API (its CPU: mon, mgr, OSD and radosgw)."
             } else {
                 ""
-            }
+            },
+            r = self.replicas,
         );
         for n in &self.notes {
             let _ = writeln!(s, "> {n}\n");

@@ -281,10 +281,21 @@ impl NodeConfig {
         if ids.len() != members.len() {
             bail!("duplicate node id in [[cluster.nodes]]");
         }
-        if usize::from(c.replicas) > members.len() {
+        // Placement never puts two replicas of a partition on one disk, and puts two on one
+        // node only when there are fewer nodes than replicas. A node alone may keep its
+        // replicas on its own disks (what a one-node test or bench setup wants); a cluster
+        // needs a node per replica, so that losing a node loses one copy.
+        let replicas = usize::from(c.replicas);
+        if members.len() == 1 {
+            if replicas > self.disks.len() {
+                bail!(
+                    "{replicas} replicas on a node alone need at least as many disks, has {}",
+                    self.disks.len()
+                );
+            }
+        } else if replicas > members.len() {
             bail!(
-                "{} replicas need at least as many nodes, have {}",
-                c.replicas,
+                "{replicas} replicas need at least as many nodes, have {}",
                 members.len()
             );
         }
@@ -324,5 +335,41 @@ mod tests {
         c.validate().expect("default validates");
         assert_eq!(c.members().len(), 1);
         assert_eq!(c.cluster.replicas, 1);
+    }
+
+    fn one_node(disks: usize, replicas: u8) -> NodeConfig {
+        let disks: String = (0..disks)
+            .map(|i| format!("[[disks]]\npath = \"d{i}\"\n"))
+            .collect();
+        toml::from_str(&format!(
+            "node-id = 1\n{disks}[cluster]\nreplicas = {replicas}\nwrite-quorum = 1\n"
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn a_node_alone_keeps_its_replicas_on_its_own_disks() {
+        one_node(3, 3)
+            .validate()
+            .expect("three disks hold three replicas");
+        one_node(4, 3)
+            .validate()
+            .expect("four disks hold three replicas");
+        let e = one_node(2, 3).validate().expect_err("two disks cannot");
+        assert!(e.to_string().contains("at least as many disks"), "{e}");
+    }
+
+    #[test]
+    fn a_cluster_needs_a_node_per_replica() {
+        let mut c = one_node(3, 3);
+        c.cluster.nodes = toml::from_str::<ClusterSection>(
+            "[[nodes]]\nid = 1\nrpc = \"127.0.0.1:1\"\n[[nodes]]\nid = 2\nrpc = \"127.0.0.2:1\"\n",
+        )
+        .expect("members")
+        .nodes;
+        let e = c
+            .validate()
+            .expect_err("two nodes cannot hold three replicas");
+        assert!(e.to_string().contains("at least as many nodes"), "{e}");
     }
 }
