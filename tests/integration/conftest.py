@@ -121,13 +121,7 @@ def _cleanup(nodes: list[Node]) -> None:
 def single_node(request, strata_bin, admin_password, tmp_path_factory):
     """One node on 127.0.0.1 with free ports, shared by the tests of a module."""
     yield from _running_node(
-        Node(
-            binary=strata_bin,
-            workdir=tmp_path_factory.mktemp("single"),
-            node_id=1,
-            bind="127.0.0.1",
-            password=admin_password,
-        )
+        _lone_node(strata_bin, admin_password, tmp_path_factory.mktemp("single"))
     )
 
 
@@ -135,14 +129,7 @@ def single_node(request, strata_bin, admin_password, tmp_path_factory):
 def small_disk_node(request, strata_bin, admin_password, tmp_path):
     """One node whose only disk holds 64 MiB, for tests that fill it."""
     yield from _running_node(
-        Node(
-            binary=strata_bin,
-            workdir=tmp_path / "small",
-            node_id=1,
-            bind="127.0.0.1",
-            password=admin_password,
-            disk_bytes=64 * 1024 * 1024,
-        )
+        _lone_node(strata_bin, admin_password, tmp_path / "small", disk_bytes=64 * 1024 * 1024)
     )
 
 
@@ -151,16 +138,26 @@ def three_disk_node(request, strata_bin, admin_password, tmp_path):
     """One node alone with three disks of 256 MiB and three replicas (write quorum 2): every
     replica on its own disk."""
     yield from _running_node(
-        Node(
-            binary=strata_bin,
-            workdir=tmp_path / "three-disk",
-            node_id=1,
-            bind="127.0.0.1",
-            password=admin_password,
+        _lone_node(
+            strata_bin,
+            admin_password,
+            tmp_path / "three-disk",
             cluster=ClusterSettings(replicas=3, write_quorum=2),
             disk_bytes=256 * 1024 * 1024,
             disks=3,
         )
+    )
+
+
+def _lone_node(strata_bin, admin_password, workdir, **settings) -> Node:
+    """Node 1 on 127.0.0.1 with free ports, alone in its cluster; `settings` go to `Node`."""
+    return Node(
+        binary=strata_bin,
+        workdir=workdir,
+        node_id=1,
+        bind="127.0.0.1",
+        password=admin_password,
+        **settings,
     )
 
 

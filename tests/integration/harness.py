@@ -299,6 +299,15 @@ class Node:
             raise NodeError(f"strata admin {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
         return p.stdout
 
+    def status(self) -> dict:
+        """`strata admin status --json` as this node answers it (the whole cluster)."""
+        return json.loads(self.admin("status", "--json"))
+
+    def disks(self) -> list[dict]:
+        """This node's disks as `strata admin status --json` reports them."""
+        [me] = [n for n in self.status()["nodes"] if n["id"] == self.node_id]
+        return me["disks"]
+
     # --- process control ---------------------------------------------------------------
 
     @property

@@ -3,7 +3,6 @@ running cluster is caught on read, and the object is served from a healthy repli
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -34,37 +33,44 @@ def damage(data_file, used_bytes: int, rng: random.Random, count: int) -> int:
     return flipped
 
 
-def test_corrupt_replica_is_detected_and_bypassed(cluster: Cluster):
-    n1 = cluster.node(1)
-    conn = n1.connection()
+def upload(conn, rng: random.Random, count: int, sizes: list[int], seed: int, prefix: str):
+    """Puts `count` objects of sizes drawn from `sizes`; returns their specs by name."""
     conn.put_container(CONTAINER)
-    rng = random.Random(7)
     objects: dict[str, ObjSpec] = {}
-    for i in range(40):
-        size = rng.choice([4096, 65536, MiB + 5, 2 * MiB])
-        spec, data = ObjSpec.make(seed=5_000 + i, size=size)
-        assert conn.put_object(CONTAINER, f"o{i:02d}", data) == spec.md5
-        objects[f"o{i:02d}"] = spec
+    for i in range(count):
+        spec, data = ObjSpec.make(seed=seed + i, size=rng.choice(sizes))
+        assert conn.put_object(CONTAINER, f"{prefix}{i:02d}", data) == spec.md5
+        objects[f"{prefix}{i:02d}"] = spec
+    return objects
 
-    # Node 1's gateway reads its local replica first: damage it heavily.
-    data_file = n1.data_dir / "disk0" / "chunks.dat"
-    # The allocator fills the data area from its start: the objects' blocks come first.
-    used = sum(-(-s.size // 4096) * 4096 for s in objects.values())
-    flipped = damage(data_file, used, rng, count=400)
-    assert flipped > 100
 
+def used_bytes(objects: dict[str, ObjSpec]) -> int:
+    """The data area the objects fill: the allocator fills it from its start, so their
+    blocks come first."""
+    return sum(-(-s.size // 4096) * 4096 for s in objects.values())
+
+
+def read_back(conn, objects: dict[str, ObjSpec]) -> None:
+    """Every object reads back byte-exact."""
     for name, spec in objects.items():
         _, body = conn.get_object(CONTAINER, name)
         assert spec.mismatch(body) is None, f"{name}: {spec.mismatch(body)}"
+
+
+def test_corrupt_replica_is_detected_and_bypassed(cluster: Cluster):
+    n1 = cluster.node(1)
+    conn = n1.connection()
+    rng = random.Random(7)
+    objects = upload(conn, rng, 40, [4096, 65536, MiB + 5, 2 * MiB], seed=5_000, prefix="o")
+
+    # Node 1's gateway reads its local replica first: damage it heavily.
+    data_file = n1.data_dir / "disk0" / "chunks.dat"
+    flipped = damage(data_file, used_bytes(objects), rng, count=400)
+    assert flipped > 100
+
+    read_back(conn, objects)
     conn.close()
     assert b"corrupt" in n1.log_path.read_bytes().lower(), "no corruption was reported in the log"
-
-
-def node_disks(node) -> list[dict]:
-    """The disks of a node alone, as `strata admin status --json` reports them."""
-    status = json.loads(node.admin("status", "--json"))
-    [me] = [n for n in status["nodes"] if n["id"] == node.node_id]
-    return me["disks"]
 
 
 def test_a_node_alone_keeps_a_replica_on_each_of_its_disks(three_disk_node):
@@ -73,30 +79,22 @@ def test_a_node_alone_keeps_a_replica_on_each_of_its_disks(three_disk_node):
     two disks are damaged is still served intact from the third."""
     node = three_disk_node
     conn = node.connection()
-    conn.put_container(CONTAINER)
     rng = random.Random(11)
-    objects: dict[str, ObjSpec] = {}
-    for i in range(30):
-        size = rng.choice([1, 4096, 65536, MiB + 5, 2 * MiB + 3])
-        spec, data = ObjSpec.make(seed=7_000 + i, size=size)
-        assert conn.put_object(CONTAINER, f"r{i:02d}", data) == spec.md5
-        objects[f"r{i:02d}"] = spec
+    sizes = [1, 4096, 65536, MiB + 5, 2 * MiB + 3]
+    objects = upload(conn, rng, 30, sizes, seed=7_000, prefix="r")
 
     deadline = time.monotonic() + 60
     while True:
-        chunks = [d["chunks"] for d in node_disks(node)]
+        chunks = [d["chunks"] for d in node.disks()]
         if len(chunks) == 3 and len(set(chunks)) == 1 and chunks[0] >= len(objects):
             break
         assert time.monotonic() < deadline, f"chunks per disk never matched: {chunks}"
         time.sleep(0.5)
 
-    used = sum(-(-s.size // 4096) * 4096 for s in objects.values())
     for disk in ("disk0", "disk1"):
-        flipped = damage(node.data_dir / disk / "chunks.dat", used, rng, count=600)
+        flipped = damage(node.data_dir / disk / "chunks.dat", used_bytes(objects), rng, count=600)
         assert flipped > 100
-    for name, spec in objects.items():
-        _, body = conn.get_object(CONTAINER, name)
-        assert spec.mismatch(body) is None, f"{name}: {spec.mismatch(body)}"
+    read_back(conn, objects)
     conn.close()
     # The reads met the damage (a replica's checksum failed) and went on to another disk.
     assert b"corrupt" in node.log_path.read_bytes().lower(), "no damaged copy was read"

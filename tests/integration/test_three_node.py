@@ -4,9 +4,7 @@ the whole cluster."""
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -161,15 +159,6 @@ def check_listing(gateway: Node, objects: dict[str, ObjSpec], retries: int = 0) 
         conn.close()
 
 
-def cluster_status(node: Node) -> dict:
-    """`strata admin status --json` answered by `node`."""
-    out = subprocess.run(
-        [str(node.binary), "admin", "status", "--json", "--rpc", f"{node.bind}:{node.ports.rpc}"],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout)
-
-
 def wait_repaired(nodes: list[Node], timeout: float = 120) -> dict[int, int]:
     """Waits until no live node holds a hint and every node holds the same number of chunks
     (three replicas on three nodes: each node has a copy of every chunk). Returns the chunk
@@ -177,7 +166,7 @@ def wait_repaired(nodes: list[Node], timeout: float = 120) -> dict[int, int]:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
-        status = cluster_status(nodes[0])
+        status = nodes[0].status()
         live = [n for n in status["nodes"] if n["up"]]
         chunks = {n["id"]: sum(d["chunks"] for d in n["disks"]) for n in live}
         hints = sum(n["pending_hints"] for n in live)

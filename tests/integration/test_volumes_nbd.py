@@ -115,16 +115,6 @@ def test_write_back_cache_reads_its_writes_and_flush_survives_kill9(single_node)
         assert "Pattern verification failed" not in out, out
 
 
-def relocated_bytes(node) -> int:
-    status = json.loads(node.admin("status", "--json"))
-    return sum(d["relocated_bytes"] for n in status["nodes"] for d in n["disks"])
-
-
-def straighten_pending_bytes(node) -> int:
-    status = json.loads(node.admin("status", "--json"))
-    return sum(d["straighten_pending_bytes"] for n in status["nodes"] for d in n["disks"])
-
-
 def test_idle_disks_straighten_what_random_writes_scattered(single_node):
     """Every 4 KiB block of a volume written once, in shuffled order, each with its own
     pattern: the blocks land scattered on disk. Once the volume is idle the node rewrites
@@ -136,14 +126,19 @@ def test_idle_disks_straighten_what_random_writes_scattered(single_node):
     blocks = list(range(32 * MiB // 4096))
     random.Random(5).shuffle(blocks)
     pattern = {b: 1 + (b * 37) % 251 for b in blocks}
-    before = relocated_bytes(single_node)
+    before = sum(d["relocated_bytes"] for d in single_node.disks())
     writes = [a for b in blocks for a in ("-c", f"write -P {pattern[b]} {b * 4096} 4k")]
     run("qemu-io", "-f", "raw", url, *writes, "-c", "flush")
     deadline = time.monotonic() + 30
-    while relocated_bytes(single_node) - before < 16 * MiB or straighten_pending_bytes(single_node):
+    while True:
+        disks = single_node.disks()
+        relocated = sum(d["relocated_bytes"] for d in disks) - before
+        pending = sum(d["straighten_pending_bytes"] for d in disks)
+        if relocated >= 16 * MiB and not pending:
+            break
         assert time.monotonic() < deadline, (
-            f"relocated {relocated_bytes(single_node) - before} bytes of a scattered 32 MiB "
-            f"volume, {straighten_pending_bytes(single_node)} bytes still to look at"
+            f"relocated {relocated} bytes of a scattered 32 MiB volume, "
+            f"{pending} bytes still to look at"
         )
         time.sleep(0.2)
 
